@@ -1,0 +1,47 @@
+# pvae: `make demo` trains the default model and writes its report; `make test` runs lint + tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Datasets: $PVAE_DATA_DIR if set, else ../shared/data when present (this project's machines),
+# else pvae downloads into ./data with checksum verification.
+PVAE_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist.npz),$(abspath ../shared/data),)
+export PVAE_DATA_DIR
+DEMO_OUT ?= runs/demo
+DEMO_EPOCHS ?= 10
+
+.PHONY: install demo test test-slow lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/pvae train --model vae --dataset mnist --epochs $(DEMO_EPOCHS) --out $(DEMO_OUT) \
+		--eval-samples 1000 --eval-size 1000
+	@echo "Report: $(DEMO_OUT)/report.md"
+
+lint: install
+	$(BIN)/ruff check pvae tests benchmarks tutorials
+	$(BIN)/ruff format --check pvae tests benchmarks tutorials
+
+format: install
+	$(BIN)/ruff check --fix pvae tests benchmarks tutorials
+	$(BIN)/ruff format pvae tests benchmarks tutorials
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
