@@ -1,0 +1,290 @@
+"""Modified Bessel functions of the first kind, in log space, in pure torch.
+
+``log_bessel_iv(v, x)`` computes ``log I_v(x)`` and ``bessel_iv_ratio(v, x)`` computes
+``I_{v+1}(x) / I_v(x)`` for real orders ``v >= 0`` and arguments ``x > 0``, batched and
+broadcasting, differentiable in ``x`` (not in ``v``). Each element picks one of four methods:
+
+1. the power series [1, 10.25.2] when ``x <= 12`` or ``x**2 <= 4 (v + 1)``;
+2. the large-argument expansion [1, 10.40.1] when ``v < 10`` and ``x >= max(30, 2 v**2)``;
+3. Debye's uniform asymptotic expansion [1, 10.41.3] with the polynomials ``u_0 .. u_10``
+   when ``v >= 10`` (truncation error below ``4e-11`` relative, since ``|u_11| <= 3.6``);
+4. otherwise (``v < 10``, moderate ``x``): Debye's expansion at the shifted order
+   ``v + n >= 10`` and ``n <= 10`` steps of the backward recurrence of the ratio,
+   ``r_{v-1} = 1 / (2 v / x + r_v)`` (Gauss's continued fraction, which is stable in this
+   direction [2]); ``log I_v = log I_{v+n} - sum_j log r_{v+j}``.
+
+Everything runs in float64 internally (fixed numbers of terms, no host round trips) and the
+result is cast back to the input dtype. Accuracy (tests/distributions/test_bessel.py): about
+1e-12 relative on ``log I_v`` where ``|log I_v| > 1`` and absolute (i.e. relative on ``I_v``)
+elsewhere, for ``0 <= v <= 1000`` and ``1e-6 <= x <= 1e6``.
+
+References:
+    [1] NIST Digital Library of Mathematical Functions, chapter 10, https://dlmf.nist.gov/10
+    [2] W. Gautschi and J. Slavik, "On the computation of modified Bessel function ratios",
+        Math. Comp. 32 (1978).
+"""
+
+import math
+
+import torch
+
+# Debye polynomials u_k(t) = t^k * sum_j c_j t^(2j) (DLMF 10.41.10), generated exactly with
+# the recurrence u_{k+1} = t^2 (1 - t^2) u_k' / 2 + int_0^t (1 - 5 s^2) u_k(s) ds / 8.
+_DEBYE = (
+    (1.0,),
+    (0.125, -0.20833333333333334),
+    (0.0703125, -0.4010416666666667, 0.3342013888888889),
+    (0.0732421875, -0.8912109375, 1.8464626736111112, -1.0258125964506173),
+    (0.112152099609375, -2.3640869140625, 8.78912353515625, -11.207002616222994, 4.669584423426247),
+    (
+        0.22710800170898438,
+        -7.368794359479632,
+        42.53499874538846,
+        -91.81824154324002,
+        84.63621767460073,
+        -28.212072558200244,
+    ),
+    (
+        0.5725014209747314,
+        -26.491430486951554,
+        218.1905117442116,
+        -699.5796273761325,
+        1059.9904525279999,
+        -765.2524681411817,
+        212.57013003921713,
+    ),
+    (
+        1.7277275025844574,
+        -108.09091978839466,
+        1200.9029132163525,
+        -5305.646978613403,
+        11655.393336864534,
+        -13586.550006434138,
+        8061.722181737309,
+        -1919.457662318407,
+    ),
+    (
+        6.074042001273483,
+        -493.915304773088,
+        7109.514302489364,
+        -41192.65496889755,
+        122200.46498301746,
+        -203400.17728041555,
+        192547.00123253153,
+        -96980.59838863752,
+        20204.29133096615,
+    ),
+    (
+        24.380529699556064,
+        -2499.8304818112097,
+        45218.76898136273,
+        -331645.1724845636,
+        1268365.2733216248,
+        -2813563.226586534,
+        3763271.297656404,
+        -2998015.9185381066,
+        1311763.6146629772,
+        -242919.18790055133,
+    ),
+    (
+        110.01714026924674,
+        -13886.08975371704,
+        308186.4046126624,
+        -2785618.1280864547,
+        13288767.166421818,
+        -37567176.66076335,
+        66344512.27472903,
+        -74105148.21153265,
+        50952602.49266464,
+        -19706819.118432228,
+        3284469.853072038,
+    ),
+)
+_DEBYE_MIN_ORDER = 10.0  # smallest order where the 11-term Debye sum is used directly
+_SERIES_TERMS = 48
+_SERIES_MAX_X = 12.0
+_ASYMPTOTIC_TERMS = 20
+_ASYMPTOTIC_MIN_X = 30.0
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _log_series(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log sum_k (x^2/4)^k / (k! (v+1)_k); I_v(x) = (x/2)^v / Gamma(v+1) * that sum."""
+    k = torch.arange(1, _SERIES_TERMS, dtype=x.dtype, device=x.device)
+    log_q = 2 * torch.log(x / 2)
+    steps = log_q.unsqueeze(-1) - torch.log(k) - torch.log(v.unsqueeze(-1) + k)
+    log_terms = torch.cat([torch.zeros_like(steps[..., :1]), torch.cumsum(steps, -1)], -1)
+    return torch.logsumexp(log_terms, -1)
+
+
+def _log_iv_series(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v * torch.log(x / 2) - torch.lgamma(v + 1) + _log_series(v, x)
+
+
+def _asymptotic_sum(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_k (-1)^k a_k(v) / x^k with a_k(v) = prod_{j<=k} (4v^2 - (2j-1)^2) / (8 j)."""
+    mu = 4 * v * v
+    term = torch.ones_like(x)
+    total = torch.ones_like(x)
+    for j in range(1, _ASYMPTOTIC_TERMS):
+        term = -term * (mu - (2 * j - 1) ** 2) / (8 * j * x)
+        total = total + term
+    return total
+
+
+def _debye_sum(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum_k u_k(t) / v^k."""
+    t2 = t * t
+    total = torch.zeros_like(t)
+    # Horner in 1/v over k, each u_k by Horner in t^2.
+    for k in range(len(_DEBYE) - 1, -1, -1):
+        coefs = _DEBYE[k]
+        poly = torch.full_like(t, coefs[-1])
+        for c in coefs[-2::-1]:
+            poly = poly * t2 + c
+        total = total / v + poly * t**k
+    return total
+
+
+def _log_iv_debye_parts(v: torch.Tensor, x: torch.Tensor):
+    r = torch.sqrt(v * v + x * x)
+    # log I_v(x) = R + v log(x / (v + R)) - log(2 pi R) / 2 + log S, with S -> 1 as v -> inf.
+    log_iv = (
+        r
+        - v * torch.asinh(v / x)
+        - _HALF_LOG_2PI
+        - 0.5 * torch.log(r)
+        + torch.log(_debye_sum(v, v / r))
+    )
+    return log_iv, r
+
+
+def _log_ratio_debye(v: torch.Tensor, x: torch.Tensor, r0: torch.Tensor) -> torch.Tensor:
+    """log I_{v+1}(x) - log I_v(x) from Debye's expansion, arranged to avoid cancellation."""
+    v1 = v + 1
+    r1 = torch.sqrt(v1 * v1 + x * x)
+    dr = (2 * v + 1) / (r1 + r0)  # R1 - R0
+    # g(v) = R + v log x - v log(v + R) - log(R) / 2; g(v+1) - g(v) without subtracting two
+    # numbers of size x.
+    dg = (
+        dr - torch.asinh(v1 / x) - v * torch.log1p((1 + dr) / (v + r0)) - 0.5 * torch.log1p(dr / r0)
+    )
+    return dg + torch.log(_debye_sum(v1, v1 / r1)) - torch.log(_debye_sum(v, v / r0))
+
+
+def _log_iv_and_ratio(v: torch.Tensor, x: torch.Tensor):
+    """(log I_v(x), I_{v+1}(x) / I_v(x)) in float64, elementwise, with regions as above."""
+    v, x = torch.broadcast_tensors(v, x)
+    one = torch.ones_like(x)
+
+    use_series = (x <= _SERIES_MAX_X) | (x * x <= 4 * (v + 1))
+    use_asymptotic = (
+        ~use_series & (v < _DEBYE_MIN_ORDER) & (x >= _ASYMPTOTIC_MIN_X) & (x >= 2 * v * v)
+    )
+    # Each method sees safe inputs where it is not selected, so no NaN leaks into torch.where
+    # (nor into its gradient).
+    # 1. power series
+    xs = torch.where(use_series, x, one)
+    log_s0 = _log_series(v, xs)
+    log_s1 = _log_series(v + 1, xs)
+    series_log = v * torch.log(xs / 2) - torch.lgamma(v + 1) + log_s0
+    series_ratio = torch.exp(torch.log(xs / 2) - torch.log(v + 1) + log_s1 - log_s0)
+
+    # 2. large-argument expansion
+    xa = torch.where(use_asymptotic, x, torch.full_like(x, 1e3))
+    va = torch.where(use_asymptotic, v, torch.zeros_like(v))
+    a0 = _asymptotic_sum(va, xa)
+    a1 = _asymptotic_sum(va + 1, xa)
+    asym_log = xa - 0.5 * torch.log(2 * math.pi * xa) + torch.log(a0)
+    asym_ratio = a1 / a0
+
+    # 3./4. Debye at the order v + n >= 10, then n steps of the backward ratio recurrence.
+    shift = torch.clamp(torch.ceil(_DEBYE_MIN_ORDER - v), min=0.0)
+    vd = v + shift
+    xd = torch.where(use_series | use_asymptotic, torch.full_like(x, 1e3), x)
+    debye_log, r0 = _log_iv_debye_parts(vd, xd)
+    ratio = torch.exp(_log_ratio_debye(vd, xd, r0))
+    log_ratio_sum = torch.zeros_like(x)
+    for j in range(int(_DEBYE_MIN_ORDER) - 1, -1, -1):
+        active = shift > j
+        new_ratio = 1 / (2 * (v + j + 1) / xd + ratio)
+        ratio = torch.where(active, new_ratio, ratio)
+        log_ratio_sum = log_ratio_sum + torch.where(active, torch.log(new_ratio), 0.0)
+    debye_log = debye_log - log_ratio_sum
+
+    log_iv = torch.where(use_series, series_log, torch.where(use_asymptotic, asym_log, debye_log))
+    ratio = torch.where(use_series, series_ratio, torch.where(use_asymptotic, asym_ratio, ratio))
+    return log_iv, ratio
+
+
+def _prepare(v, x):
+    x = torch.as_tensor(x)
+    if not x.dtype.is_floating_point:
+        x = x.to(torch.get_default_dtype())
+    v = torch.as_tensor(v, dtype=torch.float64, device=x.device)
+    return v, x
+
+
+class _LogBesselIv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, x):
+        log_iv, ratio = _log_iv_and_ratio(v, x.double())
+        ctx.save_for_backward(v, x, ratio)
+        return log_iv.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, x, ratio = ctx.saved_tensors
+        # d/dx log I_v(x) = I_{v+1}(x) / I_v(x) + v / x
+        dx = (ratio + v / x.double()).to(x.dtype)
+        return None, _reduce_grad(grad * dx, x.shape)
+
+
+class _BesselIvRatio(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, x):
+        _, ratio = _log_iv_and_ratio(v, x.double())
+        ctx.save_for_backward(v, x, ratio)
+        return ratio.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, x, ratio = ctx.saved_tensors
+        # d/dx (I_{v+1} / I_v) = 1 - r^2 - (2 v + 1) r / x
+        dx = (1 - ratio * ratio - (2 * v + 1) * ratio / x.double()).to(x.dtype)
+        return None, _reduce_grad(grad * dx, x.shape)
+
+
+def _reduce_grad(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to the shape of the input."""
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    for i, size in enumerate(shape):
+        if size == 1 and grad.shape[i] != 1:
+            grad = grad.sum(i, keepdim=True)
+    return grad
+
+
+def log_bessel_iv(v: torch.Tensor | float, x: torch.Tensor | float) -> torch.Tensor:
+    """``log I_v(x)``, the log of the modified Bessel function of the first kind.
+
+    Args:
+        v: order(s), ``v >= 0``; not differentiated.
+        x: argument(s), ``x > 0``; broadcasts with ``v``; differentiable.
+
+    Returns:
+        A tensor of the broadcast shape and ``x``'s dtype.
+    """
+    v, x = _prepare(v, x)
+    return _LogBesselIv.apply(v, x)
+
+
+def bessel_iv_ratio(v: torch.Tensor | float, x: torch.Tensor | float) -> torch.Tensor:
+    """``I_{v+1}(x) / I_v(x)``, e.g. the mean resultant length ``A_d(kappa)`` of a vMF
+    distribution on ``S^(d-1)`` is ``bessel_iv_ratio(d / 2 - 1, kappa)``.
+
+    Computed directly (never as a difference of two large logs), so ``1 - ratio`` keeps its
+    relative accuracy at large ``x``. Differentiable in ``x``.
+    """
+    v, x = _prepare(v, x)
+    return _BesselIvRatio.apply(v, x)
