@@ -1,0 +1,118 @@
+"""Checkpoints that survive a kill: written atomically, validated when read.
+
+A checkpoint holds everything needed to continue a run bit for bit: the model's state (module
+parameters and/or Pyro's parameter store), the optimizer and learning-rate schedule, the epoch
+and step, every random number generator's state, the training configuration and the metric
+history.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "pvae-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or belongs to a different model or run."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Reads a pvae checkpoint; :class:`CheckpointError` if it is missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        # Our checkpoints hold numpy/python RNG states, so full unpickling is needed; only load
+        # checkpoints you wrote or trust.
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pvae checkpoint")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer pvae (format {payload['version']} > {VERSION})"
+        )
+    return payload
+
+
+def check_same_model(payload: dict, model_class: str, model_config: dict | None, path) -> None:
+    """Refuses to load a checkpoint of another model class or configuration."""
+    saved_class = payload.get("model_class")
+    saved_config = payload.get("model_config")
+    if saved_class != model_class:
+        raise CheckpointError(
+            f"checkpoint {path} was written for model {saved_class}, not {model_class}"
+        )
+    if model_config is not None and saved_config is not None and saved_config != model_config:
+        diff = {
+            k: (saved_config.get(k), model_config.get(k))
+            for k in set(saved_config) | set(model_config)
+            if saved_config.get(k) != model_config.get(k)
+        }
+        raise CheckpointError(
+            f"checkpoint {path} was written for a {model_class} with a different configuration "
+            f"(saved vs now: {diff})"
+        )

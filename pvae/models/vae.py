@@ -1,0 +1,163 @@
+"""The Gaussian variational autoencoder.
+
+Generative story, for each datum n (shapes for MNIST: x_n in {0,1}^{1x28x28})::
+
+    z_n ~ Normal(0, I_D)                       site "z", shape (B, D)
+    x_n ~ p(x | f_theta(z_n))                  site "x", Bernoulli by default
+
+Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``.
+
+Train it with the ELBO [1] or, as the same network, with the importance-weighted bound [2]
+(``pvae.infer.fit(..., objective="iwae")``).
+
+References:
+    [1] Kingma, Welling. Auto-Encoding Variational Bayes. ICLR 2014. arXiv:1312.6114
+    [2] Burda, Grosse, Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
+        arXiv:1509.00519
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from pvae.models.likelihoods import Likelihood
+from pvae.models.registry import register_model
+from pvae.nets import ConvDecoder, ConvEncoder, GaussianMLP, mlp, numel
+
+
+class ImageModel(PyroModule):
+    """Shared conveniences of pvae's image models (not a model by itself).
+
+    Subclasses define ``model(x)``, ``guide(x)``, ``decode_logits(z)``, ``prior_sample(n)`` and
+    keep their constructor arguments in ``self.config`` (saved in checkpoints).
+    """
+
+    config: dict
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        shape = tuple(self.config["input_shape"])
+        if tuple(x.shape[-len(shape) :]) != shape:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (batch, {', '.join(map(str, shape))}); "
+                f"got {tuple(x.shape)}"
+            )
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images E[x | z] for ``z`` drawn from the prior (no encoder), ``(n, *input_shape)``."""
+        z = self.prior_sample(num_samples, generator)
+        return self.likelihood.mean(self.decode_logits(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean images E[x | z = guide mean(x)]."""
+        return self.likelihood.mean(self.decode_logits(self.encode_mean(x)))
+
+    @torch.no_grad()
+    def initialize_output_bias(self, data_mean: torch.Tensor) -> None:
+        """Sets the decoder's output bias to logit(mean pixel), as Burda et al. do."""
+        bias = self.output_bias()
+        if bias is not None and self.likelihood.name == "bernoulli":
+            p = data_mean.reshape(-1).clamp(1e-3, 1 - 1e-3)
+            bias.copy_(torch.log(p) - torch.log1p(-p))
+
+    def output_bias(self) -> torch.Tensor | None:
+        return None
+
+
+@register_model("vae")
+class VAE(ImageModel):
+    """Gaussian-latent VAE with an MLP (or small conv) encoder and decoder.
+
+    Args:
+        input_shape: shape of one datum, default ``(1, 28, 28)``.
+        latent_dim: D, the number of latent dimensions.
+        hidden: hidden layer sizes of the MLP encoder; the decoder mirrors them.
+        activation: ``relu`` (default), ``tanh``, ``elu`` or ``softplus``.
+        likelihood: ``bernoulli`` (default), ``continuous_bernoulli`` or ``gaussian``.
+        architecture: ``mlp`` (default) or ``conv`` (28x28 single-channel images only).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 50,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        architecture: str = "mlp",
+    ) -> None:
+        super().__init__()
+        input_shape = tuple(int(s) for s in input_shape)
+        if int(latent_dim) < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if architecture not in ("mlp", "conv"):
+            raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
+        if architecture == "conv" and input_shape != (1, 28, 28):
+            raise ValueError(f"architecture='conv' needs inputs of shape (1, 28, 28), got {input_shape}")
+        self.config = dict(
+            input_shape=list(input_shape),
+            latent_dim=int(latent_dim),
+            hidden=[int(h) for h in hidden],
+            activation=activation,
+            likelihood=likelihood,
+            architecture=architecture,
+        )
+        self.latent_dim = int(latent_dim)
+        self.input_shape = input_shape
+        pixels = numel(input_shape)
+        if architecture == "mlp":
+            self.encoder = GaussianMLP(pixels, list(hidden), latent_dim, activation)
+            self.decoder = mlp([latent_dim, *reversed(list(hidden)), pixels], activation)
+        else:
+            self.encoder = ConvEncoder(latent_dim)
+            self.decoder = ConvDecoder(latent_dim)
+        self.likelihood = Likelihood(likelihood, input_shape)
+        self.register_buffer("prior_loc", torch.zeros(latent_dim))
+        self.register_buffer("prior_scale", torch.ones(latent_dim))
+
+    # -- networks -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config["architecture"] == "conv":
+            return self.encoder(x)
+        return self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(z)
+        return logits.reshape(*z.shape[:-1], *self.input_shape)
+
+    def output_bias(self) -> torch.Tensor | None:
+        last = self.decoder[-1] if isinstance(self.decoder, torch.nn.Sequential) else None
+        return last.bias if isinstance(last, torch.nn.Linear) else None
+
+    def prior(self) -> dist.TorchDistribution:
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def prior_sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(
+            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
+        )
+        return self.prior_loc + self.prior_scale * eps
+
+    # -- Pyro model and guide -------------------------------------------------------------
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) = p(z) p(x | z); ``x`` of shape ``(B, *input_shape)``."""
+        self._check_input(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x) = Normal(mu(x), diag sigma(x)^2)."""
+        self._check_input(x)
+        loc, scale = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
