@@ -1,0 +1,17 @@
+"""Pyro distributions with ``rsample`` and exact ``log_prob`` for latents Pyro/torch lack.
+
+Importing this package registers the KL divergences (``kl_divergence`` and
+``TraceMeanField_ELBO`` find them). It imports torch and Pyro only (no scipy).
+"""
+
+from pvae.distributions.bessel import bessel_iv_ratio, log_bessel_iv
+from pvae.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from pvae.distributions.von_mises_fisher import VonMisesFisher
+
+__all__ = [
+    "HypersphericalUniform",
+    "VonMisesFisher",
+    "bessel_iv_ratio",
+    "log_bessel_iv",
+    "log_sphere_area",
+]
