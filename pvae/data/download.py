@@ -396,6 +396,7 @@ def fetch(
         else:
             _download_canonical(resource, target, progress=progress, timeout=timeout)
     except urllib.error.HTTPError as error:
+        error.close()  # it holds the response's socket
         raise _not_found(resource.name, folders, [error.url or urls[0]], str(error)) from error
     except urllib.error.URLError as error:
         raise _not_found(resource.name, folders, urls, f"network error: {error.reason}") from error
