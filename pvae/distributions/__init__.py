@@ -6,10 +6,14 @@ Importing this package registers the KL divergences (``kl_divergence`` and
 
 from pvae.distributions.bessel import bessel_iv_ratio, log_bessel_iv
 from pvae.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from pvae.distributions.mixture import ReparameterizedMixture
+from pvae.distributions.power_spherical import PowerSpherical
 from pvae.distributions.von_mises_fisher import VonMisesFisher
 
 __all__ = [
     "HypersphericalUniform",
+    "PowerSpherical",
+    "ReparameterizedMixture",
     "VonMisesFisher",
     "bessel_iv_ratio",
     "log_bessel_iv",
