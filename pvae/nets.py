@@ -53,7 +53,9 @@ class GaussianMLP(nn.Module):
         self, in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu"
     ) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(mlp([in_features, *hidden], activation), _activation(activation)())
+        self.trunk = nn.Sequential(
+            mlp([in_features, *hidden], activation), _activation(activation)()
+        )
         self.head = GaussianHead(hidden[-1] if hidden else in_features, out_features)
         if not hidden:
             self.trunk = nn.Identity()
@@ -92,7 +94,10 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.channels = channels
         self.fc = nn.Sequential(
-            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2 * channels * 49), nn.ReLU()
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 2 * channels * 49),
+            nn.ReLU(),
         )
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # 14x14

@@ -120,7 +120,12 @@ class ELBO(Objective):
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         particles = self.num_particles if self.num_particles > 1 else None
         model_trace, guide_trace = trace_model_guide(
-            model, guide, args, kwargs, num_particles=particles, max_plate_nesting=nesting,
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=particles,
+            max_plate_nesting=nesting,
             scale=scale,
         )
         _check_reparameterized(guide_trace)
@@ -186,7 +191,11 @@ class IWAE(Objective):
             return self._dreg(model, guide, args, kwargs, scale)
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         model_trace, guide_trace = trace_model_guide(
-            model, guide, args, kwargs, num_particles=self.num_particles,
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=self.num_particles,
             max_plate_nesting=nesting,
         )
         _check_reparameterized(guide_trace)

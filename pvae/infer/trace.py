@@ -41,7 +41,9 @@ class DataScaleMessenger(Messenger):
         if msg["type"] != "sample":
             return
         for frame in msg["cond_indep_stack"]:
-            if frame.name == DATA_PLATE and (frame.full_size is None or frame.full_size == frame.size):
+            if frame.name == DATA_PLATE and (
+                frame.full_size is None or frame.full_size == frame.size
+            ):
                 msg["scale"] = self.scale * msg["scale"]
                 return
 
@@ -167,7 +169,9 @@ def reduce_to_particle_data(
     others = [d for d in range(num_dims) if d not in keep]
     if others:
         log_p = log_p.sum(dim=others, keepdim=True)
-    return log_p.reshape(log_p.shape[0], log_p.shape[num_dims + data_dim] if data_dim is not None else 1)
+    return log_p.reshape(
+        log_p.shape[0], log_p.shape[num_dims + data_dim] if data_dim is not None else 1
+    )
 
 
 def per_datum_log_weights(

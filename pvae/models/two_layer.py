@@ -83,9 +83,13 @@ class TwoLayerVAE(ImageModel):
     def output_bias(self) -> torch.Tensor | None:
         return self.decoder1[-1].bias
 
-    def prior_sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def prior_sample(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """A draw of z1 from the prior p(z1) = E_{p(z2)} p(z1 | z2)."""
-        eps = torch.randn(num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device)
+        eps = torch.randn(
+            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
+        )
         loc, scale = self.decoder2(self.prior_loc + self.prior_scale * eps)
         noise = torch.randn(loc.shape, generator=generator, device=loc.device)
         return loc + scale * noise

@@ -99,7 +99,9 @@ class VAE(ImageModel):
         if architecture not in ("mlp", "conv"):
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
         if architecture == "conv" and input_shape != (1, 28, 28):
-            raise ValueError(f"architecture='conv' needs inputs of shape (1, 28, 28), got {input_shape}")
+            raise ValueError(
+                f"architecture='conv' needs inputs of shape (1, 28, 28), got {input_shape}"
+            )
         self.config = dict(
             input_shape=list(input_shape),
             latent_dim=int(latent_dim),
@@ -141,7 +143,9 @@ class VAE(ImageModel):
     def prior(self) -> dist.TorchDistribution:
         return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
 
-    def prior_sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def prior_sample(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         eps = torch.randn(
             num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
         )

@@ -1,0 +1,429 @@
+"""One training entry point for any model/guide pair: :func:`fit`.
+
+``fit`` runs stochastic variational inference with a pvae objective (``"elbo"``, ``"iwae"``,
+``"dreg"``) or any Pyro ``ELBO``, with minibatch scaling of the ``"data"`` plate, KL annealing,
+a learning-rate schedule, gradient clipping, validation and early stopping, progress bars, and
+checkpoints written atomically every epoch (and every ``checkpoint_every`` steps) from which a
+killed run resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import ELBO as PyroELBO
+from pyro.params.param_store import StateDict
+from tqdm.auto import tqdm
+
+from pvae.infer.checkpoint import (
+    CheckpointError,
+    check_same_model,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pvae.infer.objectives import ELBO, Objective, make_objective
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (a non-finite loss, for example)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in checkpoints and run folders)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    lr_schedule: str | None = None  # None, "exponential", "cosine" or "burda"
+    lr_decay: float = 0.97  # per epoch, with lr_schedule="exponential"
+    clip_norm: float | None = None
+    kl_anneal_epochs: float = 0.0  # beta grows linearly from 0 to 1 over this many epochs
+    early_stopping_patience: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int | None = None  # steps; None: only at the end of each epoch
+    valid_particles: int | None = None  # K for the validation bound (default: the objective's)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.lr_schedule not in (None, "none", "exponential", "cosine", "burda"):
+            raise ValueError(
+                f"lr_schedule must be one of none, exponential, cosine, burda; got {self.lr_schedule!r}"
+            )
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        self.betas = tuple(self.betas)
+
+
+def burda_lr_factor(epoch: int) -> float:
+    """Burda et al.'s schedule relative to 1e-3: stage i (from 0) lasts 3^i epochs at
+    1e-3 * 10^(-i/7) (``epoch`` counts from 0)."""
+    stage, boundary = 0, 1
+    while epoch >= boundary:
+        stage += 1
+        boundary += 3**stage
+    return 10 ** (-stage / 7)
+
+
+def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    if config.lr_schedule == "exponential":
+        return lambda epoch: config.lr_decay**epoch
+    if config.lr_schedule == "cosine":
+        return lambda epoch: (
+            0.5 * (1 + math.cos(math.pi * min(epoch, config.epochs) / config.epochs))
+        )
+    if config.lr_schedule == "burda":
+        return burda_lr_factor
+    return lambda epoch: 1.0
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and where the best epoch is."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid: float | None = None
+    stopped_early: bool = False
+    param_state: StateDict | None = None
+    wall_time: float = 0.0
+
+    @contextmanager
+    def params(self) -> Iterator[None]:
+        """Makes the run's ``pyro.param`` values current (for plain-function models)."""
+        with pyro.get_param_store().scope(self.param_state):
+            yield
+
+
+def _owner_modules(*fns: Callable) -> list[torch.nn.Module]:
+    modules: list[torch.nn.Module] = []
+    for fn in fns:
+        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module) and all(owner is not m for m in modules):
+            modules.append(owner)
+    return modules
+
+
+def _model_identity(model: Callable, guide: Callable) -> tuple[str, dict | None]:
+    owner = _owner_modules(model, guide)
+    if owner:
+        cls = type(owner[0])
+        return f"{cls.__module__}.{cls.__qualname__}", getattr(owner[0], "config", None)
+    name = getattr(model, "__qualname__", repr(model))
+    return f"{getattr(model, '__module__', '?')}.{name}", None
+
+
+def _default_batch_args(batch: Any) -> tuple:
+    if isinstance(batch, (tuple, list)):
+        return (batch[0],)
+    return (batch,)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
+
+
+def _iterate(data: Any, batch_size: int, shuffle: bool, generator: torch.Generator) -> Iterable:
+    if hasattr(data, "batches"):
+        return data.batches(batch_size, shuffle=shuffle, generator=generator)
+    if isinstance(data, torch.Tensor):
+        order = (
+            torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
+        )
+        return (data[order[i : i + batch_size]] for i in range(0, len(data), batch_size))
+    return data
+
+
+def _num_data(data: Any) -> int:
+    try:
+        return len(data.dataset) if hasattr(data, "dataset") else len(data)
+    except TypeError:
+        raise ValueError(
+            "training data must have a length (a pvae dataset, a tensor or a DataLoader)"
+        ) from None
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0])
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    train_data: Any,
+    *,
+    valid_data: Any = None,
+    objective: str | Objective | PyroELBO = "elbo",
+    num_particles: int = 1,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    batch_args: Callable[[Any], tuple] | None = None,
+    param_state: StateDict | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    **config_overrides: Any,
+) -> FitResult:
+    """Trains ``model``/``guide`` on ``train_data`` and returns a :class:`FitResult`.
+
+    Args:
+        model, guide: Pyro callables taking ``*batch_args(batch)``; data in ``pyro.plate("data")``.
+            Methods of a ``PyroModule`` (``vae.model``, ``vae.guide``) train its parameters;
+            plain functions train the ``pyro.param`` values they create, kept in
+            ``param_state`` (a fresh, private store by default: see ``FitResult.params``).
+        train_data: a pvae dataset (with ``.batches``), a tensor of data, or a re-iterable of
+            batches (a ``DataLoader``), with a length.
+        valid_data: the same kinds; evaluated after every epoch (ELBO, and the training
+            bound when it differs).
+        objective: ``"elbo"``, ``"iwae"``, ``"dreg"``, a pvae ``Objective`` or a Pyro ``ELBO``.
+        num_particles: K for ``"iwae"``/``"dreg"``; particles averaged by ``"elbo"``.
+        config: a :class:`TrainConfig`; keyword arguments override its fields.
+        checkpoint_dir: where ``checkpoint_last.pt`` (every epoch) and ``checkpoint_best.pt``
+            (best validation bound) are written atomically.
+        resume: continue from ``checkpoint_dir/checkpoint_last.pt`` if it exists.
+        batch_args: maps a batch to the model's positional arguments (default: ``(x,)``; for a
+            model object with a ``batch_args`` method, that method).
+    """
+    config = config or TrainConfig()
+    if config_overrides:
+        config = TrainConfig(**{**asdict(config), **config_overrides})
+    objective = make_objective(objective, num_particles)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
+    modules = _owner_modules(model, guide)
+    for module in modules:
+        module.to(device)
+    if batch_args is None:
+        owner_batch_args = getattr(modules[0], "batch_args", None) if modules else None
+        batch_args = owner_batch_args or _default_batch_args
+    num_data = _num_data(train_data)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    model_class, model_config = _model_identity(model, guide)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    pyro.set_rng_seed(config.seed)
+    result = FitResult(
+        param_state=param_state if param_state is not None else {"params": {}, "constraints": {}}
+    )
+    start_time = time.perf_counter()
+
+    with pyro.get_param_store().scope(result.param_state):
+        # One pass without gradients creates any pyro.param sites and checks the model.
+        first = _to_device(
+            next(iter(_iterate(train_data, config.batch_size, False, generator))), device
+        )
+        with torch.no_grad():
+            objective.max_plate_nesting(model, guide, batch_args(first), {})
+            objective(model, guide, *batch_args(first), scale=1.0)
+        generator.manual_seed(config.seed)  # the probe must not shift the data stream
+        params = _collect_params(modules)
+        if not params:
+            raise ValueError("the model and guide have no parameters to train")
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+
+        start_epoch, skip_steps = 0, 0
+        epoch_start_generator = None
+        if resume and checkpoint_dir is not None and (checkpoint_dir / LAST).exists():
+            payload = load_checkpoint(checkpoint_dir / LAST, map_location=device)
+            check_same_model(payload, model_class, model_config, checkpoint_dir / LAST)
+            _load_state(payload, modules, optimizer, scheduler)
+            result.history = payload["history"]
+            result.best_epoch = payload.get("best_epoch")
+            result.best_valid = payload.get("best_valid")
+            start_epoch, skip_steps = payload["epoch"], payload.get("step", 0)
+            epoch_start_generator = payload.get("epoch_start_generator")
+            set_rng_state(payload["rng"], generator)
+            result.wall_time = payload.get("wall_time", 0.0)
+            params = optimizer.param_groups[0]["params"]
+            if payload.get("stopped_early") or start_epoch >= config.epochs:
+                result.stopped_early = bool(payload.get("stopped_early"))
+                return result
+
+        def checkpoint(epoch: int, step: int, path_name: str = LAST, stopped_early=False) -> None:
+            if checkpoint_dir is None:
+                return
+            save_checkpoint(
+                checkpoint_dir / path_name,
+                {
+                    "model_class": model_class,
+                    "model_config": model_config,
+                    "modules": [m.state_dict() for m in modules],
+                    "param_store": pyro.get_param_store().get_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "epoch_start_generator": epoch_start_state,
+                    "rng": rng_state(generator),
+                    "config": asdict(config),
+                    "objective": objective.name,
+                    "num_particles": objective.num_particles,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_valid": result.best_valid,
+                    "wall_time": result.wall_time + time.perf_counter() - start_time,
+                    "stopped_early": stopped_early,
+                },
+            )
+
+        bad_epochs = 0
+        for epoch in range(start_epoch, config.epochs):
+            if skip_steps and epoch_start_generator is not None:
+                # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
+                # generator ends in the state it had when the checkpoint was written.
+                generator.set_state(epoch_start_generator)
+            epoch_start_state = generator.get_state()
+            batches = iter(_iterate(train_data, config.batch_size, True, generator))
+            for _ in range(skip_steps):
+                next(batches)
+            total_bound, seen = 0.0, 0
+            steps_per_epoch = math.ceil(num_data / config.batch_size)
+            bar = tqdm(
+                batches,
+                total=steps_per_epoch,
+                initial=skip_steps,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                disable=not progress,
+                leave=False,
+            )
+            for step, batch in enumerate(bar, start=skip_steps):
+                batch = _to_device(batch, device)
+                size = _batch_len(batch)
+                if config.kl_anneal_epochs > 0:
+                    objective.beta = min(
+                        1.0, (epoch + step / steps_per_epoch) / config.kl_anneal_epochs
+                    )
+                value = objective(model, guide, *batch_args(batch), scale=num_data / size)
+                if not torch.isfinite(value.loss):
+                    raise TrainingError(
+                        f"non-finite loss at epoch {epoch + 1}, step {step + 1}; lower --lr or set "
+                        "--clip-norm (the last good checkpoint is kept)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                value.loss.backward()
+                if config.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                optimizer.step()
+                total_bound += float(value.bound)
+                seen += size
+                if progress and step % 20 == 0:
+                    bar.set_postfix(bound=f"{total_bound / seen:.2f}")
+                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                    checkpoint(epoch, step + 1)
+            bar.close()
+            skip_steps = 0
+            scheduler.step()
+            objective.beta = 1.0
+            record = {
+                "epoch": epoch + 1,
+                "train_bound": total_bound / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "time": time.perf_counter() - start_time + result.wall_time,
+            }
+            if valid_data is not None:
+                record.update(
+                    _validate(model, guide, valid_data, objective, config, batch_args, device)
+                )
+            result.history.append(record)
+            if valid_data is not None:
+                if result.best_valid is None or record["valid_bound"] > result.best_valid:
+                    result.best_valid, result.best_epoch = record["valid_bound"], epoch + 1
+                    bad_epochs = 0
+                    checkpoint(epoch + 1, 0, BEST)
+                else:
+                    bad_epochs += 1
+            epoch_start_state = generator.get_state()
+            stop = (
+                config.early_stopping_patience is not None
+                and bad_epochs >= config.early_stopping_patience
+            )
+            checkpoint(epoch + 1, 0, stopped_early=stop)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if stop:
+                result.stopped_early = True
+                break
+    result.wall_time += time.perf_counter() - start_time
+    return result
+
+
+def _collect_params(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:
+    params: list[torch.nn.Parameter] = []
+    seen: set[int] = set()
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    store = pyro.get_param_store()
+    for name in store.keys():
+        p = store._params[name]
+        if id(p) not in seen and p.requires_grad:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def _load_state(payload: dict, modules, optimizer, scheduler) -> None:
+    if len(payload["modules"]) != len(modules):
+        raise CheckpointError("checkpoint holds a different number of modules than the model")
+    for module, state in zip(modules, payload["modules"], strict=True):
+        module.load_state_dict(state)
+    pyro.get_param_store().set_state(payload["param_store"])
+    # set_state creates new tensors: point the optimizer at the restored ones.
+    if not modules:
+        store = pyro.get_param_store()
+        optimizer.param_groups[0]["params"] = [store._params[n] for n in store.keys()]
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+
+
+@torch.no_grad()
+def _validate(model, guide, data, objective, config, batch_args, device) -> dict[str, float]:
+    elbo = ELBO()
+    use_training_bound = not (isinstance(objective, ELBO) and objective.num_particles == 1)
+    totals = {"valid_elbo": 0.0, "valid_bound": 0.0}
+    seen = 0
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    for batch in _iterate(data, config.batch_size, False, generator):
+        batch = _to_device(batch, device)
+        args = batch_args(batch)
+        totals["valid_elbo"] += float(elbo(model, guide, *args).bound)
+        if use_training_bound:
+            beta, objective.beta = objective.beta, 1.0
+            totals["valid_bound"] += float(objective(model, guide, *args).bound)
+            objective.beta = beta
+        seen += _batch_len(batch)
+    record = {k: v / max(seen, 1) for k, v in totals.items()}
+    if not use_training_bound:
+        record["valid_bound"] = record["valid_elbo"]
+    return record
