@@ -4,6 +4,7 @@ import math
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from torch.distributions import register_kl
 
 
 def log_sphere_area(dim: int) -> float:
@@ -87,3 +88,11 @@ class HypersphericalUniform(TorchDistribution):
         return torch.full(
             self.batch_shape, log_sphere_area(self._dim), dtype=self._dtype, device=self._device
         )
+
+
+@register_kl(HypersphericalUniform, HypersphericalUniform)
+def _kl_uniform_uniform(p: HypersphericalUniform, q: HypersphericalUniform) -> torch.Tensor:
+    if p.dim != q.dim:
+        raise ValueError(f"kl_divergence: dimensions differ ({p.dim} vs {q.dim}).")
+    shape = torch.broadcast_shapes(p.batch_shape, q.batch_shape)
+    return torch.zeros(shape, dtype=p._dtype, device=p._device)

@@ -128,14 +128,14 @@ class ReparameterizedMixture(TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        weights = self.mixture_distribution.probs
+        weights = torch.softmax(self.mixture_distribution.logits, -1)
         if self._event_dim == 1:
             weights = weights.unsqueeze(-1)
         return (weights * self.component_distribution.mean).sum(-1 - self._event_dim)
 
     @property
     def variance(self) -> torch.Tensor:
-        weights = self.mixture_distribution.probs
+        weights = torch.softmax(self.mixture_distribution.logits, -1)
         if self._event_dim == 1:
             weights = weights.unsqueeze(-1)
         mean = self.component_distribution.mean
@@ -156,7 +156,7 @@ class ReparameterizedMixture(TorchDistribution):
         if self._event_dim != 0:
             raise NotImplementedError("ReparameterizedMixture.cdf: univariate mixtures only.")
         cdfs = self.component_distribution.cdf(value.unsqueeze(-1))
-        return (self.mixture_distribution.probs * cdfs).sum(-1)
+        return (torch.softmax(self.mixture_distribution.logits, -1) * cdfs).sum(-1)
 
     def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():
