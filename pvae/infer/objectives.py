@@ -130,30 +130,46 @@ class ELBO(Objective):
         )
         _check_reparameterized(guide_trace)
         kl_sites = self._eligible_kl_sites(model, guide, args, kwargs, guide_trace)
-        observed = 0.0
-        latent = 0.0
+        # Terms are grouped by scale and multiplied once per group: fewer autograd nodes.
+        observed: dict[float, torch.Tensor] = {}
+        latent: dict[float, torch.Tensor] = {}
         used_kl: set[str] = set()
         for site in scored_sites(model_trace):
-            if site["is_observed"]:
-                observed = observed + (site_log_prob(site) * site["scale"]).sum()
-                continue
-            if site["name"] in kl_sites:
+            target = observed if site["is_observed"] else latent
+            if not site["is_observed"] and site["name"] in kl_sites:
                 try:
                     kl = kl_divergence(guide_trace.nodes[site["name"]]["fn"], site["fn"])
                 except NotImplementedError:
                     kl = None
                 if kl is not None:
-                    latent = latent - (_mask(kl, site) * site["scale"]).sum()
+                    _accumulate(latent, site["scale"], -_mask(kl, site).sum())
                     used_kl.add(site["name"])
                     continue
-            latent = latent + (site_log_prob(site) * site["scale"]).sum()
+            _accumulate(target, site["scale"], site_log_prob(site).sum())
         for site in latent_sites(guide_trace):
             if site["name"] not in used_kl:
-                latent = latent - (site_log_prob(site) * site["scale"]).sum()
-        k = self.num_particles
-        elbo = (observed + latent) / k
-        surrogate = (observed + self.beta * latent) / k
+                _accumulate(latent, site["scale"], -site_log_prob(site).sum())
+        observed_total = _scaled_sum(observed)
+        latent_total = _scaled_sum(latent)
+        elbo = observed_total + latent_total
+        surrogate = elbo if self.beta == 1.0 else observed_total + self.beta * latent_total
+        if self.num_particles > 1:
+            elbo, surrogate = elbo / self.num_particles, surrogate / self.num_particles
         return ObjectiveValue(loss=-surrogate, bound=elbo.detach() / scale)
+
+
+def _accumulate(groups: dict, scale, term: torch.Tensor) -> None:
+    if isinstance(scale, torch.Tensor) and scale.numel() > 1:  # per-element scale: apply now
+        term, scale = term * scale, 1.0
+    key = float(scale)
+    groups[key] = groups[key] + term if key in groups else term
+
+
+def _scaled_sum(groups: dict) -> torch.Tensor | float:
+    total = 0.0
+    for scale, term in groups.items():
+        total = total + (term if scale == 1.0 else scale * term)
+    return total
 
 
 def _mask(value: torch.Tensor, site: dict[str, Any]) -> torch.Tensor:
