@@ -1,0 +1,213 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pvae.infer.checkpoint import CheckpointError
+from pvae.infer.train import LAST, TrainConfig, TrainingError, burda_lr_factor, fit
+from pvae.models import VAE
+
+
+def small_data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.rand(n, 1, 28, 28, generator=g) * 0.3)
+
+
+def small_vae(seed=0):
+    torch.manual_seed(seed)
+    return VAE(latent_dim=4, hidden=(32,))
+
+
+def states_equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_training_improves_the_bound_and_validates():
+    x = small_data()
+    vae = small_vae()
+    result = fit(
+        vae.model, vae.guide, x, valid_data=x[:64], epochs=4, batch_size=32, progress=False
+    )
+    bounds = [h["train_bound"] for h in result.history]
+    assert len(bounds) == 4 and bounds[-1] > bounds[0] + 20  # nats per image, far above noise
+    assert {"valid_elbo", "valid_bound", "lr", "time"} <= set(result.history[-1])
+    assert result.best_epoch is not None
+
+
+@pytest.mark.parametrize("objective,k", [("iwae", 3), ("dreg", 3)])
+def test_importance_weighted_training_runs(objective, k):
+    x = small_data(128)
+    vae = small_vae()
+    result = fit(
+        vae.model,
+        vae.guide,
+        x,
+        valid_data=x[:32],
+        objective=objective,
+        num_particles=k,
+        epochs=2,
+        batch_size=32,
+        progress=False,
+    )
+    assert result.history[-1]["train_bound"] > result.history[0]["train_bound"]
+    # The validation IWAE bound is at least the ELBO on average (same data, K=3 > 1).
+    assert result.history[-1]["valid_bound"] > result.history[-1]["valid_elbo"] - 1.0
+
+
+def test_resume_is_bit_exact_at_epoch_and_mid_epoch_boundaries(tmp_path):
+    x = small_data()
+    full = small_vae()
+    fit(
+        full.model,
+        full.guide,
+        x,
+        epochs=3,
+        batch_size=64,
+        seed=3,
+        progress=False,
+        checkpoint_dir=tmp_path / "full",
+    )
+    # Stop after 2 epochs, then resume to 3.
+    part = small_vae()
+    fit(
+        part.model,
+        part.guide,
+        x,
+        epochs=2,
+        batch_size=64,
+        seed=3,
+        progress=False,
+        checkpoint_dir=tmp_path / "part",
+    )
+    resumed = small_vae(seed=99)  # a different initialisation: the checkpoint must win
+    fit(
+        resumed.model,
+        resumed.guide,
+        x,
+        epochs=3,
+        batch_size=64,
+        seed=3,
+        progress=False,
+        checkpoint_dir=tmp_path / "part",
+        resume=True,
+    )
+    assert states_equal(full.state_dict(), resumed.state_dict())
+
+    # Mid-epoch: checkpoint every step, interrupt by raising after step 6, resume.
+    interrupted = small_vae()
+    calls = {"n": 0}
+
+    def crashing_model(x_):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the probe, then 6 good steps, then a crash in the 7th step
+            raise KeyboardInterrupt
+        return interrupted.model(x_)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            crashing_model,
+            interrupted.guide,
+            x,
+            epochs=3,
+            batch_size=64,
+            seed=3,
+            progress=False,
+            checkpoint_dir=tmp_path / "mid",
+            checkpoint_every=1,
+        )
+    again = small_vae(seed=7)
+    fit(
+        again.model,
+        again.guide,
+        x,
+        epochs=3,
+        batch_size=64,
+        seed=3,
+        progress=False,
+        checkpoint_dir=tmp_path / "mid",
+        resume=True,
+        checkpoint_every=1,
+    )
+    assert states_equal(full.state_dict(), again.state_dict())
+
+
+def test_resume_refuses_another_model_and_corrupt_files(tmp_path):
+    x = small_data(64)
+    vae = small_vae()
+    fit(vae.model, vae.guide, x, epochs=1, batch_size=32, progress=False, checkpoint_dir=tmp_path)
+    other = VAE(latent_dim=5, hidden=(32,))
+    with pytest.raises(CheckpointError, match="different configuration"):
+        fit(
+            other.model,
+            other.guide,
+            x,
+            epochs=2,
+            batch_size=32,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+    (tmp_path / LAST).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        fit(
+            vae.model,
+            vae.guide,
+            x,
+            epochs=2,
+            batch_size=32,
+            progress=False,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_non_finite_loss_is_a_clear_error():
+    x = small_data(64)
+    vae = small_vae()
+
+    def broken_model(x_):
+        with pyro.plate("data", x_.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+            pyro.factor("nan", torch.full((x_.shape[0],), float("nan")))
+
+    # With Pyro's validation off (its default in production) the NaN reaches the loss.
+    with pyro.validation_enabled(False), pytest.raises(TrainingError, match="non-finite loss"):
+        fit(broken_model, vae.guide, x, epochs=1, batch_size=32, progress=False)
+
+
+def test_plain_function_models_train_in_a_private_param_store():
+    # A linear-Gaussian model/guide written with pyro.param only.
+    x = torch.randn(200, 3) + 2.0
+
+    def model(x_):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", x_.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(loc + z, 1.0).to_event(1), obs=x_)
+
+    def guide(x_):
+        # The exact posterior is N((sum(x - loc)) / 4, 0.5^2): linear in x with an intercept,
+        # so the ELBO's optimum is the maximum-likelihood loc = mean(x).
+        w = pyro.param("w", torch.zeros(3, 1))
+        c = pyro.param("c", torch.zeros(1))
+        with pyro.plate("data", x_.shape[0]):
+            pyro.sample("z", dist.Normal(x_ @ w + c, 0.5).to_event(1))
+
+    pyro.get_param_store().clear()
+    result = fit(model, guide, x, epochs=60, batch_size=50, lr=0.1, progress=False)
+    assert "loc" not in pyro.get_param_store()  # nothing leaked into the global store
+    with result.params():
+        loc = pyro.param("loc").detach()
+    torch.testing.assert_close(loc, x.mean(0), atol=0.3, rtol=0)
+
+
+def test_config_validation_and_schedules():
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="sometimes")
+    # Burda et al.: stage i lasts 3^i epochs at 10^(-i/7) of the initial rate.
+    factors = [burda_lr_factor(e) for e in range(13)]
+    assert factors[0] == 1.0
+    assert factors[1] == factors[3] == pytest.approx(10 ** (-1 / 7))
+    assert factors[4] == factors[12] == pytest.approx(10 ** (-2 / 7))
