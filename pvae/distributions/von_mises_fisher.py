@@ -45,6 +45,28 @@ def _sample_one_minus_w_d3(kappa: torch.Tensor) -> torch.Tensor:
     return -torch.log1p((1 - u) * torch.expm1(-2 * kappa)) / kappa
 
 
+def _wood_constants(kappa: torch.Tensor, d: int) -> tuple[torch.Tensor, ...]:
+    """(b, x0, 1 - x0, log1p(x0)) of Wood's envelope, in the stable forms used below."""
+    m1 = d - 1.0
+    b = m1 / (2 * kappa + torch.sqrt(4 * kappa * kappa + m1 * m1))
+    x0 = (1 - b) / (1 + b)
+    return b, x0, 2 * b / (1 + b), torch.log1p(x0)
+
+
+def _wood_propose(kappa, b, x0, one_minus_x0, log1p_x0, d: int):
+    """One round of Wood's proposal for ``y = 1 - w``: (proposal, accepted)."""
+    m1 = d - 1.0
+    half = torch.full_like(kappa, m1 / 2)
+    z = torch.distributions.Beta(half, half).sample()
+    proposal = 2 * b * z / (1 - (1 - b) * z)
+    log_u = torch.log(torch.rand_like(z))
+    # kappa w + (d-1) log(1 - x0 w) - c >= log u, with c = kappa x0 + (d-1) log(1 - x0^2)
+    log_accept = kappa * (one_minus_x0 - proposal) + m1 * (
+        torch.log1p(x0 * proposal / one_minus_x0) - log1p_x0
+    )
+    return proposal, log_u <= log_accept
+
+
 def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int) -> torch.Tensor:
     """Wood's (1994) rejection sampler for ``y = 1 - w``, vectorized over elements (float64).
 
@@ -52,39 +74,28 @@ def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int) -> torch.Tensor:
     precision. Loops over rounds, resampling only the still-rejected elements; raises after
     ``_MAX_REJECTION_ROUNDS`` rounds instead of returning unaccepted proposals.
     """
-    kappa = kappa.detach()
-    m1 = d - 1.0
-    b = m1 / (2 * kappa + torch.sqrt(4 * kappa * kappa + m1 * m1))
-    x0 = (1 - b) / (1 + b)
-    one_minus_x0 = 2 * b / (1 + b)
-    log1p_x0 = torch.log1p(x0)
-    beta = torch.distributions.Beta(
-        torch.tensor(m1 / 2, dtype=kappa.dtype, device=kappa.device),
-        torch.tensor(m1 / 2, dtype=kappa.dtype, device=kappa.device),
-    )
-    flat_kappa = kappa.reshape(-1)
-    flat_b, flat_x0, flat_1mx0, flat_l1px0 = (
-        t.reshape(-1) for t in (b, x0, one_minus_x0, log1p_x0)
-    )
+    flat_kappa = kappa.detach().reshape(-1)
+    constants = _wood_constants(flat_kappa, d)
     y = torch.full_like(flat_kappa, float("nan"))
     pending = torch.arange(flat_kappa.numel(), device=kappa.device)
     for _ in range(_MAX_REJECTION_ROUNDS):
         if pending.numel() == 0:
             return y.reshape(kappa.shape)
-        k, bb = flat_kappa[pending], flat_b[pending]
-        x0p, omx0, l1px0 = flat_x0[pending], flat_1mx0[pending], flat_l1px0[pending]
-        z = beta.sample((pending.numel(),))
-        proposal = 2 * bb * z / (1 - (1 - bb) * z)
-        log_u = torch.log(torch.rand_like(z))
-        # kappa w + (d-1) log(1 - x0 w) - c >= log u, with c = kappa x0 + (d-1) log(1 - x0^2)
-        log_accept = k * (omx0 - proposal) + m1 * (torch.log1p(x0p * proposal / omx0) - l1px0)
-        accept = log_u <= log_accept
+        proposal, accept = _wood_propose(flat_kappa[pending], *(c[pending] for c in constants), d=d)
         y[pending[accept]] = proposal[accept]
         pending = pending[~accept]
     raise RuntimeError(
         f"VonMisesFisher.rsample: {pending.numel()} elements still rejected after "
         f"{_MAX_REJECTION_ROUNDS} rounds of Wood's sampler; check the concentration values."
     )
+
+
+def wood_acceptance_rate(kappa: torch.Tensor, d: int, num_proposals: int = 10_000) -> torch.Tensor:
+    """Monte Carlo estimate of the acceptance probability of Wood's sampler (diagnostics)."""
+    kappa = torch.as_tensor(kappa, dtype=torch.float64)
+    kappa = kappa.unsqueeze(-1).expand(kappa.shape + (num_proposals,))
+    _, accept = _wood_propose(kappa, *_wood_constants(kappa, d), d=d)
+    return accept.double().mean(-1)
 
 
 def _implicit_dw_dkappa(y: torch.Tensor, kappa: torch.Tensor, d: int) -> torch.Tensor:
