@@ -4,3 +4,6 @@ bidirectional Monte Carlo and posterior-collapse metrics)."""
 from pvae.evaluation.importance import LogLikelihood, log_importance_weights, log_likelihood
 
 __all__ = ["LogLikelihood", "log_importance_weights", "log_likelihood"]
+from pvae.evaluation.ais import AISResult, BDMCResult, ais_log_likelihood, bdmc, simulate  # noqa: E402
+
+__all__ += ["AISResult", "BDMCResult", "ais_log_likelihood", "bdmc", "simulate"]

@@ -1,0 +1,186 @@
+"""AIS and BDMC against closed-form marginals.
+
+Tolerances: an AIS estimate of log p(x_n) from K chains has a delta-method standard error
+``se_n = sd_k(w_k) / (sqrt(K) mean_k(w_k))`` (``AISResult.chain_stderr``); the mean error over
+N independent data then has standard error ``sqrt(sum_n se_n^2) / N``. Tests allow 4 of those
+(plus a small allowance for the remaining annealing bias, which is negative for forward AIS).
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pvae.evaluation.ais import (
+    AISResult,
+    ais_log_likelihood,
+    annealing_schedule,
+    bdmc,
+    simulate,
+)
+
+
+def _mean_stderr(result: AISResult) -> float:
+    se = result.chain_stderr
+    return float(se.pow(2).sum().sqrt() / se.numel())
+
+
+@pytest.mark.parametrize("schedule", ["sigmoid", "linear"])
+def test_schedule_endpoints_and_monotone(schedule):
+    betas = annealing_schedule(50, schedule)
+    assert betas.shape == (51,)
+    assert betas[0] == 0.0 and betas[-1] == 1.0
+    assert (betas[1:] > betas[:-1]).all()
+
+
+def test_schedule_rejects_bad_input():
+    with pytest.raises(ValueError, match="num_steps"):
+        annealing_schedule(0)
+    with pytest.raises(ValueError, match="schedule"):
+        annealing_schedule(10, "cosine")
+
+
+def test_exact_guide_gives_exact_weights(linear_gaussian):
+    # With q(z|x) = p(z|x) every intermediate density is the posterior and every increment of
+    # the log weight is log p(x, z) - log q(z | x) = log p(x): exact for any T (sign check).
+    x = linear_gaussian.data(6)
+    result = ais_log_likelihood(
+        linear_gaussian.model, x, num_steps=4, num_chains=3, guide=linear_gaussian.guide, seed=0
+    )
+    exact = linear_gaussian.log_marginal(x).double()
+    assert result.log_weights.shape == (3, 6)
+    torch.testing.assert_close(result.log_weights, exact.expand(3, 6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.values, exact, atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.ess, torch.full((6,), 3.0, dtype=torch.float64))
+
+
+def test_ais_from_prior_converges_to_exact(linear_gaussian):
+    x = linear_gaussian.data(8)
+    exact = linear_gaussian.log_marginal(x).double()
+    few = ais_log_likelihood(linear_gaussian.model, x, num_steps=5, num_chains=16, seed=1)
+    many = ais_log_likelihood(
+        linear_gaussian.model, x, num_steps=500, num_chains=16, leapfrog_steps=5, seed=1
+    )
+    error_few = float((few.values - exact).mean())
+    error_many = float((many.values - exact).mean())
+    assert abs(error_many) < 4 * _mean_stderr(many) + 0.02
+    # Forward AIS is a stochastic lower bound: with few steps it is biased downward (the
+    # delta-method stderr is unreliable for such heavy-tailed weights, so only the sign).
+    assert error_few < 0.0
+    assert abs(error_many) < abs(error_few)
+    assert (many.ess > few.ess).float().mean() > 0.5
+    assert ((many.ess >= 1.0 - 1e-9) & (many.ess <= 16.0 + 1e-9)).all()
+    assert many.acceptance_rate.min() > 0.3  # step sizes adapted toward 0.65
+
+
+def test_seed_reproducible_and_restores_global_rng(linear_gaussian):
+    x = linear_gaussian.data(3)
+    state = torch.get_rng_state()
+    a = ais_log_likelihood(linear_gaussian.model, x, num_steps=5, num_chains=2, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = ais_log_likelihood(linear_gaussian.model, x, num_steps=5, num_chains=2, seed=7)
+    assert torch.equal(a.log_weights, b.log_weights)
+
+
+def _two_site_model(x):
+    # z1 ~ N(0, 1), z2 ~ N(0, I_2), x ~ N(z1 + A z2, 0.5^2): x ~ N(0, 1 + A A^T + 0.25 I).
+    a = torch.tensor([[1.0, -0.5], [0.3, 0.8], [0.0, 1.2]])
+    with pyro.plate("data", x.shape[0]):
+        z1 = pyro.sample("z1", dist.Normal(0.0, 1.0))
+        z2 = pyro.sample("z2", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        loc = z1.unsqueeze(-1) + z2 @ a.T
+        pyro.sample("x", dist.Normal(loc, 0.5).to_event(1), obs=x)
+    return a
+
+
+def _lognormal_model(x):
+    # A constrained latent (HMC runs on log z): log z ~ N(0, 1), x ~ N(log z, 0.5^2).
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.log(), 0.5).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize(
+    "model, marginal",
+    [
+        (
+            _two_site_model,
+            lambda: dist.MultivariateNormal(
+                torch.zeros(3),
+                torch.ones(3, 3)
+                + (a := _two_site_model(torch.zeros(1, 3))) @ a.T
+                + 0.25 * torch.eye(3),
+            ),
+        ),
+        (_lognormal_model, lambda: dist.Normal(torch.zeros(2), math.sqrt(1.25)).to_event(1)),
+    ],
+    ids=["two_sites", "lognormal"],
+)
+def test_several_and_constrained_latents(model, marginal):
+    target = marginal()
+    x = target.sample((6,))
+    exact = target.log_prob(x).double()
+    result = ais_log_likelihood(model, x, num_steps=300, num_chains=16, leapfrog_steps=5, seed=2)
+    assert abs(float((result.values - exact).mean())) < 4 * _mean_stderr(result) + 0.03
+
+
+def test_bdmc_sandwiches_exact_and_gap_shrinks(linear_gaussian):
+    x_like = linear_gaussian.data(1)
+    short = bdmc(linear_gaussian.model, 8, 10, 8, example_x=x_like, leapfrog_steps=5, seed=3)
+    long = bdmc(linear_gaussian.model, 8, 300, 8, example_x=x_like, leapfrog_steps=5, seed=3)
+    for result in (short, long):
+        exact = linear_gaussian.log_marginal(result.x).double()
+        lower_se = _mean_stderr(result.forward)
+        upper_se = _mean_stderr(result.reverse)
+        assert result.lower_mean <= float(exact.mean()) + 4 * lower_se
+        assert result.upper_mean >= float(exact.mean()) - 4 * upper_se
+    assert short.gap_mean > 1.0
+    assert long.gap_mean < 0.5 * short.gap_mean
+    assert long.gap_mean < 0.6
+    # Same seed: the same simulated data and exact posterior samples.
+    assert torch.equal(short.x, long.x)
+    assert set(long.latents) == {"z"} and long.latents["z"].shape == (8, 2)
+
+
+def test_simulate_draws_from_the_joint(linear_gaussian):
+    x, latents = simulate(linear_gaussian.model, linear_gaussian.data(1), 4000)
+    z = latents["z"]
+    # x - W z - b ~ N(0, s^2 I): mean within 4 standard errors, sd within 5%.
+    residual = x - z @ linear_gaussian.W.T - linear_gaussian.b
+    assert residual.mean(0).abs().max() < 4 * linear_gaussian.s / math.sqrt(4000)
+    assert (residual.std(0) / linear_gaussian.s - 1).abs().max() < 0.05
+
+
+def test_rejects_discrete_latents_and_missing_plate():
+    def discrete(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def no_plate(x):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="discrete"):
+        ais_log_likelihood(discrete, torch.zeros(3), num_steps=2, num_chains=2)
+    with pytest.raises(ValueError, match="plate"):
+        ais_log_likelihood(no_plate, torch.zeros(3), num_steps=2, num_chains=2)
+    with pytest.raises(ValueError, match="num_chains"):
+        ais_log_likelihood(discrete, torch.zeros(3), num_steps=2, num_chains=0)
+
+
+def test_runs_on_a_pvae_vae():
+    from pvae.models import VAE
+
+    with pyro.settings.context(module_local_params=True):
+        vae = VAE(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))
+        x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5))
+        prior = ais_log_likelihood(vae.model, x, num_steps=20, num_chains=4, seed=0)
+        guided = ais_log_likelihood(
+            vae.model, x, num_steps=20, num_chains=4, guide=vae.guide, seed=0
+        )
+    for result in (prior, guided):
+        assert result.values.shape == (3,) and torch.isfinite(result.values).all()
+        assert result.values.max() < 0.0  # a probability of binary data
