@@ -132,34 +132,45 @@ def _asymptotic_sum(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _debye_sum(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """sum_k u_k(t) / v^k."""
+# max_t |u_k(t)| for k = 0..11, to pick how many Debye terms a (static) order needs.
+_DEBYE_BOUNDS = (1.0, 0.084, 0.033, 0.017, 0.021, 0.021, 0.041, 0.066, 0.18, 0.39, 1.3, 3.6)
+
+
+def _debye_terms(min_order: float | None) -> int:
+    """Number of Debye terms for orders >= min_order (all 11 if unknown)."""
+    if min_order is None or min_order < _DEBYE_MIN_ORDER:
+        return len(_DEBYE)
+    for k in range(1, len(_DEBYE)):
+        if _DEBYE_BOUNDS[k] / min_order**k < 1e-16:
+            return k
+    return len(_DEBYE)
+
+
+def _debye_sum(v: torch.Tensor, t: torch.Tensor, terms: int = len(_DEBYE)) -> torch.Tensor:
+    """sum_k u_k(t) / v^k = sum_k P_k(t^2) (t / v)^k, by Horner in t / v (and in t^2)."""
     t2 = t * t
+    s = t / v
     total = torch.zeros_like(t)
-    # Horner in 1/v over k, each u_k by Horner in t^2.
-    for k in range(len(_DEBYE) - 1, -1, -1):
+    for k in range(terms - 1, -1, -1):
         coefs = _DEBYE[k]
         poly = torch.full_like(t, coefs[-1])
         for c in coefs[-2::-1]:
             poly = poly * t2 + c
-        total = total / v + poly * t**k
+        total = total * s + poly
     return total
 
 
-def _log_iv_debye_parts(v: torch.Tensor, x: torch.Tensor):
+def _log_iv_debye_parts(v: torch.Tensor, x: torch.Tensor, terms: int = len(_DEBYE)):
     r = torch.sqrt(v * v + x * x)
+    log_sum = torch.log(_debye_sum(v, v / r, terms))
     # log I_v(x) = R + v log(x / (v + R)) - log(2 pi R) / 2 + log S, with S -> 1 as v -> inf.
-    log_iv = (
-        r
-        - v * torch.asinh(v / x)
-        - _HALF_LOG_2PI
-        - 0.5 * torch.log(r)
-        + torch.log(_debye_sum(v, v / r))
-    )
-    return log_iv, r
+    log_iv = r - v * torch.asinh(v / x) - _HALF_LOG_2PI - 0.5 * torch.log(r) + log_sum
+    return log_iv, r, log_sum
 
 
-def _log_ratio_debye(v: torch.Tensor, x: torch.Tensor, r0: torch.Tensor) -> torch.Tensor:
+def _log_ratio_debye(
+    v: torch.Tensor, x: torch.Tensor, r0: torch.Tensor, log_sum0: torch.Tensor, terms: int
+) -> torch.Tensor:
     """log I_{v+1}(x) - log I_v(x) from Debye's expansion, arranged to avoid cancellation."""
     v1 = v + 1
     r1 = torch.sqrt(v1 * v1 + x * x)
@@ -169,12 +180,21 @@ def _log_ratio_debye(v: torch.Tensor, x: torch.Tensor, r0: torch.Tensor) -> torc
     dg = (
         dr - torch.asinh(v1 / x) - v * torch.log1p((1 + dr) / (v + r0)) - 0.5 * torch.log1p(dr / r0)
     )
-    return dg + torch.log(_debye_sum(v1, v1 / r1)) - torch.log(_debye_sum(v, v / r0))
+    return dg + torch.log(_debye_sum(v1, v1 / r1, terms)) - log_sum0
 
 
-def _log_iv_and_ratio(v: torch.Tensor, x: torch.Tensor):
-    """(log I_v(x), I_{v+1}(x) / I_v(x)) in float64, elementwise, with regions as above."""
+def _log_iv_and_ratio(v: torch.Tensor, x: torch.Tensor, static_order: float | None = None):
+    """(log I_v(x), I_{v+1}(x) / I_v(x)) in float64, elementwise, with regions as above.
+
+    ``static_order``: the order as a Python number when it is one scalar (e.g. the vMF's
+    ``d/2 - 1``); for ``static_order >= 10`` Debye's expansion, uniform in ``x``, is used alone
+    with as many terms as that order needs (fewer operations, same accuracy).
+    """
     v, x = torch.broadcast_tensors(v, x)
+    if static_order is not None and static_order >= _DEBYE_MIN_ORDER:
+        terms = _debye_terms(static_order)
+        log_iv, r0, log_sum0 = _log_iv_debye_parts(v, x, terms)
+        return log_iv, torch.exp(_log_ratio_debye(v, x, r0, log_sum0, terms))
     one = torch.ones_like(x)
 
     use_series = (x <= _SERIES_MAX_X) | (x * x <= 4 * (v + 1))
@@ -202,8 +222,8 @@ def _log_iv_and_ratio(v: torch.Tensor, x: torch.Tensor):
     shift = torch.clamp(torch.ceil(_DEBYE_MIN_ORDER - v), min=0.0)
     vd = v + shift
     xd = torch.where(use_series | use_asymptotic, torch.full_like(x, 1e3), x)
-    debye_log, r0 = _log_iv_debye_parts(vd, xd)
-    ratio = torch.exp(_log_ratio_debye(vd, xd, r0))
+    debye_log, r0, log_sum0 = _log_iv_debye_parts(vd, xd)
+    ratio = torch.exp(_log_ratio_debye(vd, xd, r0, log_sum0, len(_DEBYE)))
     log_ratio_sum = torch.zeros_like(x)
     for j in range(int(_DEBYE_MIN_ORDER) - 1, -1, -1):
         active = shift > j
@@ -221,14 +241,15 @@ def _prepare(v, x):
     x = torch.as_tensor(x)
     if not x.dtype.is_floating_point:
         x = x.to(torch.get_default_dtype())
+    static_order = float(v) if isinstance(v, int | float) else None
     v = torch.as_tensor(v, dtype=torch.float64, device=x.device)
-    return v, x
+    return v, x, static_order
 
 
 class _LogBesselIv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x):
-        log_iv, ratio = _log_iv_and_ratio(v, x.double())
+    def forward(ctx, v, x, static_order):
+        log_iv, ratio = _log_iv_and_ratio(v, x.double(), static_order)
         ctx.save_for_backward(v, x, ratio)
         return log_iv.to(x.dtype)
 
@@ -237,13 +258,13 @@ class _LogBesselIv(torch.autograd.Function):
         v, x, ratio = ctx.saved_tensors
         # d/dx log I_v(x) = I_{v+1}(x) / I_v(x) + v / x
         dx = (ratio + v / x.double()).to(x.dtype)
-        return None, _reduce_grad(grad * dx, x.shape)
+        return None, _reduce_grad(grad * dx, x.shape), None
 
 
 class _BesselIvRatio(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, x):
-        _, ratio = _log_iv_and_ratio(v, x.double())
+    def forward(ctx, v, x, static_order):
+        _, ratio = _log_iv_and_ratio(v, x.double(), static_order)
         ctx.save_for_backward(v, x, ratio)
         return ratio.to(x.dtype)
 
@@ -252,7 +273,7 @@ class _BesselIvRatio(torch.autograd.Function):
         v, x, ratio = ctx.saved_tensors
         # d/dx (I_{v+1} / I_v) = 1 - r^2 - (2 v + 1) r / x
         dx = (1 - ratio * ratio - (2 * v + 1) * ratio / x.double()).to(x.dtype)
-        return None, _reduce_grad(grad * dx, x.shape)
+        return None, _reduce_grad(grad * dx, x.shape), None
 
 
 def _reduce_grad(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -275,8 +296,7 @@ def log_bessel_iv(v: torch.Tensor | float, x: torch.Tensor | float) -> torch.Ten
     Returns:
         A tensor of the broadcast shape and ``x``'s dtype.
     """
-    v, x = _prepare(v, x)
-    return _LogBesselIv.apply(v, x)
+    return _LogBesselIv.apply(*_prepare(v, x))
 
 
 def bessel_iv_ratio(v: torch.Tensor | float, x: torch.Tensor | float) -> torch.Tensor:
@@ -286,5 +306,4 @@ def bessel_iv_ratio(v: torch.Tensor | float, x: torch.Tensor | float) -> torch.T
     Computed directly (never as a difference of two large logs), so ``1 - ratio`` keeps its
     relative accuracy at large ``x``. Differentiable in ``x``.
     """
-    v, x = _prepare(v, x)
-    return _BesselIvRatio.apply(v, x)
+    return _BesselIvRatio.apply(*_prepare(v, x))

@@ -32,6 +32,9 @@ def _log_normalizer_plus_kappa(kappa: torch.Tensor, d: int) -> torch.Tensor:
     keeps the value O(log kappa) when kappa is huge, so that float32 callers keep precision.
     """
     kappa = kappa.double()
+    if d == 3:
+        # I_{1/2}(k) = sqrt(2 / (pi k)) sinh k: log C_3 + k = log(2 k / (1 - exp(-2 k))) - log 4 pi
+        return torch.log(2 * kappa / -torch.expm1(-2 * kappa)) - math.log(4 * math.pi)
     nu = d / 2 - 1
     return (
         nu * torch.log(kappa) - (d / 2) * math.log(2 * math.pi) - (log_bessel_iv(nu, kappa) - kappa)
@@ -110,23 +113,26 @@ def _implicit_dw_dkappa(y: torch.Tensor, kappa: torch.Tensor, d: int) -> torch.T
     """
     kappa = kappa.detach().double()
     y = y.detach().double()
-    tau, weights = _gauss_legendre_unit(_QUADRATURE_NODES, y.device)
+    # 32 nodes reach ~1e-11 relative up to d = 128, 64 nodes ~1e-10 at d = 1024
+    tau, weights = _gauss_legendre_unit(32 if d <= 128 else _QUADRATURE_NODES, y.device)
     one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa)
     top = y <= 1
-    delta = torch.where(top, y, 2 - y).unsqueeze(-1)
-    sign = torch.where(top, 1.0, -1.0).unsqueeze(-1)
+    delta = torch.where(top, y, 2 - y)
+    sign = torch.where(top, 1.0, -1.0)
     tau2 = tau * tau
-    s_minus_mean = torch.where(
-        top.unsqueeze(-1),
-        one_minus_mean.unsqueeze(-1) - delta * tau2,
-        delta * tau2 - 2 + one_minus_mean.unsqueeze(-1),
+    # s - A = (1 - A) - delta tau^2 on the top side, delta tau^2 - 2 + (1 - A) on the bottom
+    s_minus_mean = (one_minus_mean - 2 * (~top)).unsqueeze(-1) - sign.unsqueeze(-1) * (
+        delta.unsqueeze(-1) * tau2
     )
-    log_ratio = (
-        kappa.unsqueeze(-1) * sign * delta * (1 - tau2)
-        + 0.5 * (d - 3) * torch.log((2 - delta * tau2) / (2 - delta))
-        + (d - 2) * torch.log(tau)
-        + torch.log(2 * delta)
+    log_ratio = (kappa * sign * delta).unsqueeze(-1) * (1 - tau2) + (
+        (d - 2) * torch.log(tau) + (torch.log(2 * delta)).unsqueeze(-1)
     )
+    if d != 3:
+        # (1 - s^2) / (1 - w^2) = tau^2 (2 - delta tau^2) / (2 - delta)
+        log_ratio = log_ratio + 0.5 * (d - 3) * torch.log1p(
+            (delta / (2 - delta)).unsqueeze(-1) * (1 - tau2)
+        )
+    sign = sign.unsqueeze(-1)
     integral = (torch.exp(log_ratio) * s_minus_mean * weights).sum(-1)
     return sign.squeeze(-1) * integral
 

@@ -120,3 +120,18 @@ def test_importing_distributions_does_not_import_scipy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("v", [10.0, 15.5, 31.0, 300.0])
+def test_scalar_order_fast_path_agrees_with_general_path(v):
+    """A Python-number order >= 10 uses Debye's expansion alone; it must agree with the
+    per-element region choice."""
+    x = torch.logspace(-6, 6, 97, dtype=torch.float64)
+    fast, general = log_bessel_iv(v, x), log_bessel_iv(torch.tensor(v, dtype=torch.float64), x)
+    torch.testing.assert_close(fast, general, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(
+        bessel_iv_ratio(v, x),
+        bessel_iv_ratio(torch.tensor(v, dtype=torch.float64), x),
+        rtol=1e-11,
+        atol=0,
+    )
