@@ -128,7 +128,8 @@ def test_scalar_order_fast_path_agrees_with_general_path(v):
     per-element region choice."""
     x = torch.logspace(-6, 6, 97, dtype=torch.float64)
     fast, general = log_bessel_iv(v, x), log_bessel_iv(torch.tensor(v, dtype=torch.float64), x)
-    torch.testing.assert_close(fast, general, rtol=1e-11, atol=1e-11)
+    # Debye with 11 terms at v = 10 is accurate to ~4e-11 (|u_11| <= 3.6); the series is exact
+    torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(
         bessel_iv_ratio(v, x),
         bessel_iv_ratio(torch.tensor(v, dtype=torch.float64), x),
