@@ -9,7 +9,16 @@ from collections.abc import Callable
 _REGISTRY: dict[str, type] = {}
 
 # Modules that register built-in models; imported on first lookup, not at ``import pvae``.
-_BUILTIN_MODULES = ("pvae.models.vae", "pvae.models.two_layer")
+_BUILTIN_MODULES = (
+    "pvae.models.vae",
+    "pvae.models.two_layer",
+    "pvae.models.beta_vae",
+    "pvae.models.cvae",
+    "pvae.models.iaf",
+    "pvae.models.svae",
+    "pvae.models.mixture_vae",
+    "pvae.models.m2",
+)
 
 
 def register_model(name: str) -> Callable[[type], type]:

@@ -1,0 +1,135 @@
+"""The hyperspherical VAE (S-VAE).
+
+Generative story (Davidson et al. 2018 [1]), with ``latent_dim = d`` meaning that z lies on
+the unit sphere ``S^(d-1)`` embedded in ``R^d`` (d coordinates, d - 1 degrees of freedom)::
+
+    z_n ~ Uniform(S^(d-1))                     site "z", shape (B, d), |z_n| = 1
+    x_n ~ p(x | f_theta(z_n))                  site "x", shape (B, *input_shape)
+
+Guide: ``q(z_n | x_n) = vMF(mu(x_n), kappa(x_n))`` with ``mu = g(x) / |g(x)|`` and
+``kappa = softplus(.) + 1`` (so kappa >= 1, as in the authors' code). The KL between the vMF
+and the uniform prior is registered (``pvae.distributions``), so pvae's ``"elbo"`` objective
+uses it analytically; the vMF's ``rsample`` is reparameterized in both mu and kappa.
+
+Architecture (authors' code): encoder 784-256-128 and decoder d-128-256-784, ReLU.
+
+References:
+    [1] Davidson, Falorsi, De Cao, Kipf, Tomczak. Hyperspherical Variational Auto-Encoders.
+        UAI 2018. arXiv:1804.00891
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pvae.distributions import HypersphericalUniform, VonMisesFisher
+from pvae.models.likelihoods import Likelihood
+from pvae.models.registry import register_model
+from pvae.models.vae import ImageModel
+from pvae.nets import ACTIVATIONS, mlp, numel
+
+
+@register_model("svae")
+class HypersphericalVAE(ImageModel):
+    """VAE with a von Mises-Fisher posterior and a uniform prior on ``S^(latent_dim - 1)``.
+
+    Args:
+        input_shape: shape of one datum, default ``(1, 28, 28)``.
+        latent_dim: d, the ambient dimension of the sphere (``>= 2``; ``d = 3`` is the
+            2-sphere).
+        hidden: encoder hidden sizes, default ``(256, 128)``; the decoder mirrors them.
+        activation: default ``relu``.
+        likelihood: as for :class:`~pvae.models.vae.VAE`.
+
+    Shapes: ``x`` ``(B, *input_shape)``; site ``"z"`` ``(B, d)`` on the unit sphere.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 10,
+        hidden: Sequence[int] = (256, 128),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+    ) -> None:
+        super().__init__()
+        input_shape = tuple(int(s) for s in input_shape)
+        if int(latent_dim) < 2:
+            raise ValueError(
+                f"latent_dim is the ambient dimension d of the sphere S^(d-1) and must be >= 2, "
+                f"got {latent_dim}"
+            )
+        hidden = [int(h) for h in hidden]
+        if not hidden:
+            raise ValueError("HypersphericalVAE needs at least one hidden layer")
+        self.config = dict(
+            input_shape=list(input_shape),
+            latent_dim=int(latent_dim),
+            hidden=hidden,
+            activation=activation,
+            likelihood=likelihood,
+        )
+        self.input_shape = input_shape
+        self.latent_dim = int(latent_dim)
+        pixels = numel(input_shape)
+        trunk = mlp([pixels, *hidden], activation)  # validates the activation's name
+        self.encoder = nn.Sequential(trunk, ACTIVATIONS[activation]())
+        self.encoder_direction = nn.Linear(hidden[-1], self.latent_dim)
+        self.encoder_concentration = nn.Linear(hidden[-1], 1)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], activation)
+        self.likelihood = Likelihood(likelihood, input_shape)
+        self.register_buffer("_anchor", torch.zeros(()))  # carries dtype and device
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, kappa)``: mean direction ``(..., d)`` of unit norm and concentration ``(...)``."""
+        h = self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
+        direction = self.encoder_direction(h)
+        loc = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(1e-12)
+        kappa = F.softplus(self.encoder_concentration(h)).squeeze(-1) + 1.0
+        return loc, kappa
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mode mu(x) (a point on the sphere)."""
+        return self.encode(x)[0]
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
+
+    def output_bias(self) -> torch.Tensor | None:
+        return self.decoder[-1].bias
+
+    def prior(self) -> dist.TorchDistribution:
+        return HypersphericalUniform(self.latent_dim, like=self._anchor)
+
+    def prior_sample(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Uniform draws on the sphere (normalised Gaussians), ``(n, d)``."""
+        g = torch.randn(
+            num_samples,
+            self.latent_dim,
+            generator=generator,
+            dtype=self._anchor.dtype,
+            device=self._anchor.device,
+        )
+        return g / torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) = Uniform(z; S^(d-1)) p(x | z); ``x`` ``(B, *input_shape)``."""
+        self._check_input(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x) = vMF(mu(x), kappa(x))."""
+        self._check_input(x)
+        loc, kappa = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", VonMisesFisher(loc, kappa))

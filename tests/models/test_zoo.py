@@ -1,0 +1,356 @@
+"""One generic suite over the model zoo (issue 5), then a few variant-specific tests.
+
+Every variant earns the generic tests by adding one :class:`Case`: build from the registry with
+small sizes, forward shapes of ``sample``/``reconstruct``, training lowers the loss on a fixed
+batch, sampling without the encoder, a state_dict round trip, and a finite importance-sampled
+log-likelihood. Data: 32 statically binarized MNIST training images from ``../shared/data``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pvae.data import load_dataset
+from pvae.evaluation.importance import log_likelihood
+from pvae.infer.objectives import ELBO, make_objective
+from pvae.models.registry import available_models, build_model
+
+SMALL = dict(input_shape=[1, 28, 28], latent_dim=3, hidden=[32])
+
+
+def _unlabelled(x: torch.Tensor, y: torch.Tensor) -> tuple:
+    return (x,)
+
+
+def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple:
+    return (x, y)
+
+
+@dataclass
+class Case:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    # Arguments of model/guide for a batch of images and labels.
+    args: Callable[[torch.Tensor, torch.Tensor], tuple] = _unlabelled
+    objective: Callable[[], Any] = lambda: "elbo"
+    lr: float = 3e-3
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _m2_objective() -> Any:
+    from pvae.models.m2 import SemiSupervisedELBO
+
+    return SemiSupervisedELBO()
+
+
+CASES = [
+    Case("beta_vae", {"beta": 2.0, "free_bits": 0.25}),
+    Case("cvae", args=_labelled),
+    Case("iaf", {"num_flows": 2, "flow_hidden": [16]}),
+    Case("svae"),
+    Case("mixture", {"prior_components": 3, "guide_components": 2}),
+    Case("m2", {"alpha": 10.0}, objective=_m2_objective),
+    Case("m2", {"alpha": 10.0}, args=_labelled, objective=_m2_objective),
+]
+IDS = [f"{c.name}-{'labelled' if c.args is _labelled else 'x'}" for c in CASES]
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_dataset("mnist", "train", size=512, binarize="static", download=False)
+    return data.images, data.labels
+
+
+@pytest.fixture(scope="module")
+def batch(mnist) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = mnist
+    return images[:32], labels[:32]
+
+
+def _build(case: Case, seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    return build_model(case.name, **SMALL, **case.options)
+
+
+def test_every_variant_is_registered():
+    assert {"beta_vae", "cvae", "iaf", "svae", "mixture", "m2"} <= set(available_models())
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_shapes(case, batch):
+    x, y = batch
+    model = _build(case)
+    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 1, 28, 28)
+    assert bool(((samples >= 0) & (samples <= 1)).all())
+    recon = model.reconstruct(x[:4])
+    assert recon.shape == (4, 1, 28, 28)
+    assert torch.isfinite(recon).all()
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_training_lowers_the_loss(case, batch):
+    x, y = batch
+    model = _build(case)
+    objective = make_objective(case.objective())
+    optimizer = torch.optim.Adam(model.parameters(), lr=case.lr)
+    pyro.set_rng_seed(1)
+    losses = []
+    for _ in range(30):
+        loss = objective(model.model, model.guide, *case.args(x, y)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()) / x.shape[0])
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    # The single-sample loss has a standard deviation of a few nats per image on this batch;
+    # 30 Adam steps from the initial ~545 nats must gain tens of nats.
+    assert all(math.isfinite(v) for v in losses)
+    assert last < first - 10, (first, last)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_sample_does_not_use_the_encoder(case):
+    model = _build(case)
+
+    def forbidden(*_):
+        raise AssertionError("sample() must not run the encoder or the classifier")
+
+    for name, module in model.named_children():
+        if name.startswith(("encoder", "classifier", "flows")):
+            module.register_forward_pre_hook(forbidden)
+    model.guide = forbidden
+    samples = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 1, 28, 28)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_dict_round_trip(case, batch, tmp_path):
+    x, y = batch
+    x, y = x[:4], y[:4]
+    args = case.args(x, y)
+    model = _build(case, seed=0)
+    with torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(*args)
+        log_joint = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(*args)
+    buffer = io.BytesIO()
+    torch.save({"config": model.config, "state": model.state_dict()}, buffer)
+    buffer.seek(0)
+    payload = torch.load(buffer)
+    torch.manual_seed(1)  # different initial weights, overwritten by the load
+    restored = build_model(case.name, **payload["config"])
+    restored.load_state_dict(payload["state"])
+    with torch.no_grad():
+        again = poutine.trace(poutine.replay(restored.model, guide_trace)).get_trace(*args)
+    assert torch.equal(log_joint.log_prob_sum(), again.log_prob_sum())
+    z = guide_trace.nodes["z"]["value"]
+    decode_args = (args[1],) if case.name in ("cvae", "m2") and len(args) > 1 else ()
+    assert torch.equal(
+        model.decode_logits(z, *decode_args), restored.decode_logits(z, *decode_args)
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_log_likelihood_is_finite(case, batch):
+    x, y = batch
+    model = _build(case)
+    args = case.args(x[:4], y[:4])
+    # batch_size=1: pvae.evaluation's nesting probe slices x but not the extra (label) args.
+    values = log_likelihood(model.model, model.guide, *args, num_samples=16, batch_size=1)
+    assert values.shape == (4,)
+    assert torch.isfinite(values).all()
+    # A bound on log p(x) of binary images: negative, and not absurdly far from the ~545 nats
+    # of an untrained Bernoulli decoder.
+    assert bool((values < 0).all()) and bool((values > -2000).all())
+
+
+# -- beta_vae ----------------------------------------------------------------------------
+
+
+def _elbo_value(model, x, seed: int) -> torch.Tensor:
+    pyro.set_rng_seed(seed)
+    return ELBO()(model.model, model.guide, x, scale=7.0).loss
+
+
+def test_beta_vae_at_beta_one_is_the_vae(batch):
+    x, _ = batch
+    torch.manual_seed(0)
+    vae = build_model("vae", **SMALL)
+    beta_vae = build_model("beta_vae", **SMALL, beta=1.0, free_bits=0.0)
+    beta_vae.load_state_dict(vae.state_dict())
+    for seed in range(3):
+        assert torch.allclose(_elbo_value(vae, x, seed), _elbo_value(beta_vae, x, seed))
+    pyro.set_rng_seed(3)
+    expected = log_likelihood(vae.model, vae.guide, x[:4], num_samples=8)
+    pyro.set_rng_seed(3)
+    actual = log_likelihood(beta_vae.model, beta_vae.guide, x[:4], num_samples=8)
+    assert torch.allclose(expected, actual)
+
+
+def test_beta_weights_the_analytic_kl(batch):
+    x, _ = batch
+    torch.manual_seed(0)
+    vae = build_model("vae", **SMALL)
+    beta_vae = build_model("beta_vae", **SMALL, beta=3.0)
+    beta_vae.load_state_dict(vae.state_dict())
+    with torch.no_grad():
+        loc, scale = vae.encode(x)
+        kl = (0.5 * (loc**2 + scale**2 - 1) - scale.log()).sum()
+        # Same seed, same z: the two losses differ by exactly (beta - 1) * KL.
+        difference = _elbo_value(beta_vae, x, 0) - _elbo_value(vae, x, 0)
+    assert torch.allclose(difference, 2.0 * kl * 7.0, rtol=1e-4)
+
+
+def test_free_bits_leave_the_value_and_cancel_the_kl_gradient_below_the_floor(batch):
+    x, _ = batch
+    torch.manual_seed(0)
+    plain = build_model("beta_vae", **SMALL)
+    floored = build_model("beta_vae", **SMALL, free_bits=1e6)  # every dimension below
+    floored.load_state_dict(plain.state_dict())
+    # Value: the free-bits factor is a zero-valued surrogate.
+    assert torch.allclose(_elbo_value(plain, x, 0), _elbo_value(floored, x, 0))
+    # Gradient: with every dimension below the floor only the reconstruction term remains:
+    # grad(floored loss) = grad(plain loss - scale * KL), the same z drawn by the same seed.
+    _elbo_value(floored, x, 0).backward()
+    loc, scale = plain.encode(x)
+    kl = (0.5 * (loc**2 + scale**2 - 1) - scale.log()).sum()
+    (_elbo_value(plain, x, 0) - 7.0 * kl).backward()
+    checked = 0
+    for (name, a), b in zip(floored.named_parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-4), name
+        checked += name.startswith("encoder")
+    assert checked > 0
+
+
+# -- cvae ----------------------------------------------------------------------------------
+
+
+def test_cvae_samples_depend_on_the_label():
+    model = build_model("cvae", **SMALL)
+    a = model.sample(4, torch.Generator().manual_seed(0), y=torch.zeros(4, dtype=torch.long))
+    b = model.sample(4, torch.Generator().manual_seed(0), y=torch.full((4,), 7))
+    assert not torch.allclose(a, b)
+    default = model.sample(10, torch.Generator().manual_seed(0))
+    cycled = model.sample(10, torch.Generator().manual_seed(0), y=torch.arange(10))
+    assert torch.equal(default, cycled)
+
+
+def test_cvae_rejects_bad_labels(batch):
+    model = build_model("cvae", **SMALL)
+    x, y = batch
+    with pytest.raises(ValueError, match="labels"):
+        model.batch_args((x, torch.full_like(y, -1)))
+
+
+# -- iaf -----------------------------------------------------------------------------------
+
+
+def test_iaf_log_prob_is_exact():
+    """log q(z | x) from the guide equals log N(eps_0) - log|det dz/deps_0| with the Jacobian
+    computed by autograd on the composed flow, and equals the inverse-path (uncached) value."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        model = build_model("iaf", **{**SMALL, "latent_dim": 4}, num_flows=3, flow_hidden=[16])
+        x = (torch.rand(1, 1, 28, 28) > 0.5).double()
+        q = model.posterior(x)
+        z = q.rsample()
+        cached = q.log_prob(z)
+        base = q.base_dist
+        # Recover eps_0 through the inverse (a fresh tensor: no cache).
+        eps = z.clone()
+        for t in reversed(q.transforms):
+            eps = t.inv(eps.clone())
+
+        def flow(e: torch.Tensor) -> torch.Tensor:  # (D,) -> (D,) for one datum
+            e = e.unsqueeze(0)
+            for t in q.transforms:
+                e = t(e.clone())
+            return e[0]
+
+        jacobian = torch.autograd.functional.jacobian(flow, eps[0])
+        direct = base.log_prob(eps) - torch.linalg.slogdet(jacobian)[1]
+        uncached = q.log_prob(z.clone())
+        assert torch.allclose(flow(eps[0]), z[0], atol=1e-8)
+        assert torch.allclose(cached, direct, atol=1e-8)
+        assert torch.allclose(uncached, direct, atol=1e-6)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+# -- svae ----------------------------------------------------------------------------------
+
+
+def test_svae_latents_lie_on_the_sphere(batch):
+    x, _ = batch
+    model = build_model("svae", **{**SMALL, "latent_dim": 5})
+    z = model.prior_sample(100, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.norm(dim=-1), torch.ones(100), atol=1e-5)
+    guide_trace = poutine.trace(model.guide).get_trace(x)
+    z = guide_trace.nodes["z"]["value"]
+    assert z.shape == (32, 5)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(32), atol=1e-5)
+    assert torch.allclose(model.encode_mean(x).norm(dim=-1), torch.ones(32), atol=1e-5)
+    assert bool((model.encode(x)[1] >= 1).all())
+
+
+# -- mixture -------------------------------------------------------------------------------
+
+
+def test_mixture_guide_gradients_reach_the_logits_through_the_sample(batch):
+    """Only the implicit reparameterization path connects log p(x | z) to the guide's mixing
+    logits, so a non-zero gradient there shows that path works end to end."""
+    x, _ = batch
+    model = build_model("mixture", **SMALL, guide_components=3)
+    guide_trace = poutine.trace(model.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(x)
+    reconstruction = model_trace.nodes["x"]["fn"].log_prob(x).sum()
+    reconstruction.backward()
+    grad = model.encoder_logits.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert model.prior_logits.grad is None  # the prior is not on this path
+
+
+# -- m2 ------------------------------------------------------------------------------------
+
+
+def test_m2_batch_args_split_labelled_and_unlabelled(batch):
+    x, y = batch
+    model = build_model("m2", **SMALL)
+    assert len(model.batch_args((x, y))) == 2
+    assert len(model.batch_args((x, torch.full_like(y, -1)))) == 1
+    mixed = y.clone()
+    mixed[0] = -1
+    with pytest.raises(ValueError, match="all labelled or all unlabelled"):
+        model.batch_args((x, mixed))
+
+
+def test_m2_classifier_beats_chance_after_short_training(mnist):
+    """60 labelled images (6 a class) and 200 unlabelled ones, ~2 s of training; the held-out
+    accuracy of 200 images must beat chance (10%) by far more than its standard error
+    (sqrt(0.1 * 0.9 / 200) = 2.1%)."""
+    from pvae.data.images import ImageDataset
+    from pvae.models.m2 import SemiSupervisedData, fit_m2
+
+    images, labels = mnist
+    train = ImageDataset(images[:300], labels[:300], binarize=None)
+    data = SemiSupervisedData(train, num_labelled=60, labelled_repeats=4, seed=0)
+    torch.manual_seed(0)
+    model = build_model("m2", **{**SMALL, "latent_dim": 4, "hidden": [64]}, alpha=20.0)
+    start = time.perf_counter()
+    fit_m2(model, data, epochs=6, batch_size=60, lr=3e-3, progress=False)
+    assert time.perf_counter() - start < 30
+    accuracy = (model.classify(images[300:500]) == labels[300:500]).float().mean()
+    assert accuracy > 0.3, float(accuracy)
