@@ -13,10 +13,16 @@ broadcasting, differentiable in ``x`` (not in ``v``). Each element picks one of 
    ``r_{v-1} = 1 / (2 v / x + r_v)`` (Gauss's continued fraction, which is stable in this
    direction [2]); ``log I_v = log I_{v+n} - sum_j log r_{v+j}``.
 
+When the order is a Python number ``>= 10`` (the vMF's ``d/2 - 1`` for ``d >= 22``), Debye's
+expansion alone is used for every ``x`` (it is uniform in ``x``), with the number of terms the
+order needs.
+
 Everything runs in float64 internally (fixed numbers of terms, no host round trips) and the
-result is cast back to the input dtype. Accuracy (tests/distributions/test_bessel.py): about
-1e-12 relative on ``log I_v`` where ``|log I_v| > 1`` and absolute (i.e. relative on ``I_v``)
-elsewhere, for ``0 <= v <= 1000`` and ``1e-6 <= x <= 1e6``.
+result is cast back to the input dtype. Accuracy in float64 (tests/distributions/test_bessel.py,
+against scipy and mpmath): better than 1e-10 (typically 1e-12) relative on ``log I_v`` where
+``|log I_v| > 1`` and absolute (i.e. relative on ``I_v``) elsewhere, and 1e-10 relative on the
+ratio and on ``1 - ratio``-type quantities to ~1e-7, for ``0 <= v <= 1000`` and
+``1e-6 <= x <= 1e6``. In float32 the result is the float64 value rounded (1e-6 relative).
 
 References:
     [1] NIST Digital Library of Mathematical Functions, chapter 10, https://dlmf.nist.gov/10
