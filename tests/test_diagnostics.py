@@ -1,0 +1,176 @@
+"""PSIS k-hat, ESS, InferenceData and the bound ladder on a linear-Gaussian model whose
+posterior and marginal are known in closed form."""
+
+import math
+import subprocess
+import sys
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pvae.diagnostics import (
+    bound_ladder,
+    importance_diagnostics,
+    iwae_bounds,
+    pareto_khat,
+    to_inference_data,
+)
+
+
+class LinearGaussian:
+    """z ~ N(0, I_2), x | z ~ N(W z + b, 0.5^2 I_4); exact posterior N(mu(x), Sigma).
+    (The same model as tests/evaluation/conftest.py, kept here so this file stands alone.)"""
+
+    def __init__(self, s: float = 0.5) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.W = torch.randn(4, 2, generator=g)
+        self.b = torch.randn(4, generator=g)
+        self.s = s
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.s).to_event(1), obs=x)
+
+    def posterior(self, x):
+        cov = torch.linalg.inv(torch.eye(2) + self.W.T @ self.W / self.s**2)
+        return (x - self.b) @ self.W @ cov / self.s**2, torch.linalg.cholesky(cov)
+
+    def guide(self, x):
+        mu, scale_tril = self.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mu, scale_tril=scale_tril))
+
+    def diagonal_guide(self, x, shrink: float = 1.0):
+        mu, scale_tril = self.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            scale = (scale_tril.diagonal() * shrink).expand_as(mu)
+            pyro.sample("z", dist.Normal(mu, scale).to_event(1))
+
+    def narrow_guide(self, x):
+        return self.diagonal_guide(x, shrink=0.1)
+
+    def marginal(self):
+        return dist.MultivariateNormal(self.b, self.W @ self.W.T + self.s**2 * torch.eye(4))
+
+    def data(self, n: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return self.marginal().sample((n,))
+
+
+@pytest.fixture
+def lg():
+    return LinearGaussian()
+
+
+def test_khat_and_ess_separate_good_and_bad_guides(lg):
+    x = lg.data(10)
+    exact = importance_diagnostics(lg.model, lg.guide, x, num_samples=1000)
+    diagonal = importance_diagnostics(lg.model, lg.diagonal_guide, x, num_samples=1000)
+    narrow = importance_diagnostics(lg.model, lg.narrow_guide, x, num_samples=1000)
+    assert exact.log_weights.shape == (1000, 10) and exact.khat.shape == (10,)
+    # The exact posterior: constant weights (k-hat -inf by convention), ESS = S.
+    assert (exact.khat < 0.5).all()
+    torch.testing.assert_close(exact.ess, torch.full((10,), 1000.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        exact.log_likelihood, lg.marginal().log_prob(x).double(), atol=1e-4, rtol=0
+    )
+    # A guide ten times narrower than the posterior: heavy-tailed weights.
+    assert narrow.share_above(0.7) >= 0.8
+    assert float(narrow.khat.median()) > 0.7
+    # ESS ordering: exact > diagonal (right marginals, no correlation) > narrow.
+    assert (exact.ess > diagonal.ess).all() and (diagonal.ess > narrow.ess).all()
+    assert narrow.summary()["share_khat_above_0.7"] == narrow.share_above(0.7)
+
+
+def test_pareto_khat_needs_a_tail():
+    with pytest.raises(ValueError, match="S >= 50"):
+        pareto_khat(torch.randn(10, 3))
+
+
+def test_iwae_bounds_increase_with_k(lg):
+    x = lg.data(20)
+    from pvae.evaluation import log_importance_weights
+
+    log_w = log_importance_weights(lg.model, lg.diagonal_guide, x, 1000)
+    bounds = iwae_bounds(log_w, (1, 10, 100, 1000))
+    means = [float(bounds[k].mean()) for k in (1, 10, 100, 1000)]
+    assert means == sorted(means)
+    torch.testing.assert_close(bounds[1], log_w.double().mean(0))
+    with pytest.raises(ValueError, match="K=2000"):
+        iwae_bounds(log_w, (2000,))
+
+
+def test_bound_ladder_against_exact(lg):
+    x = lg.data(8)
+    ladder = bound_ladder(
+        lg.model,
+        lg.narrow_guide,
+        x,
+        ks=(1, 10, 100),
+        ais_steps=200,
+        ais_chains=8,
+        ais_leapfrog_steps=5,
+        seed=0,
+    )
+    names = [row.name for row in ladder.rows]
+    assert names == ["ELBO", "IWAE (K=10)", "IWAE (K=100)", "AIS (T=200)"]
+    means = [row.mean for row in ladder.rows]
+    assert means[0] < means[1] < means[2]
+    exact = float(lg.marginal().log_prob(x).mean())
+    # AIS within 4 of its chain standard errors of the truth; the bounds below it.
+    assert abs(means[3] - exact) < 0.2
+    assert means[2] < exact + 0.05
+    rows = ladder.as_dict()
+    assert rows[-1]["minus_reference"] == 0.0 and rows[0]["minus_reference"] < 0
+    assert ladder.table().count("\n") == len(rows) + 1
+
+
+@pytest.mark.filterwarnings(
+    # arviz 0.23's plot_posterior calls a matplotlib 3.11 API deprecated for 3.13.
+    "ignore:Passing a dict or None as alias_mapping:DeprecationWarning",
+)
+def test_inference_data_structure_and_arviz_functions(lg, tmp_path):
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = lg.data(5)
+    idata = to_inference_data(lg.model, lg.diagonal_guide, x, num_samples=200)
+    assert set(idata.groups()) == {"posterior", "sample_stats", "observed_data"}
+    z = idata.posterior["z"]
+    assert z.dims == ("chain", "draw", "datum", "z_dim_0") and z.shape == (1, 200, 5, 2)
+    assert idata.sample_stats["log_weight"].shape == (1, 200, 5)
+    assert idata.sample_stats["khat"].dims == ("datum",)
+    assert (idata.sample_stats["ess"].values <= 200 + 1e-9).all()
+    # The samples are draws of the guide: their mean is the guide mean within 4 stderr.
+    mu, scale_tril = lg.posterior(x)
+    sd = scale_tril.diagonal()
+    sample_mean = torch.as_tensor(z.values[0].mean(0))
+    assert ((sample_mean - mu).abs() < 4 * sd / math.sqrt(200)).all()
+
+    summary = az.summary(idata, var_names=["z"], kind="stats")
+    assert len(summary) == 10
+    axes = az.plot_posterior(idata, var_names=["z"], coords={"datum": [0]})
+    assert axes.size == 2
+    az.plot_khat(idata.sample_stats["khat"].values, show_hlines=True)
+    plt.close("all")
+
+    path = tmp_path / "diagnostics.nc"
+    idata.to_netcdf(str(path))
+    loaded = az.from_netcdf(str(path))
+    assert loaded.posterior["z"].shape == (1, 200, 5, 2)
+
+
+def test_importing_pvae_does_not_import_arviz():
+    code = (
+        "import sys, pvae, pvae.diagnostics, pvae.evaluation, pvae.evaluation.ais;"
+        "import pvae.evaluation.collapse;"
+        "sys.exit('arviz' in sys.modules or 'matplotlib' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
