@@ -291,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     input_shape = tuple(train.images.shape[1:])
     model_config = _model_config(args, input_shape)
+    torch.manual_seed(args.seed)  # initialisation follows --seed; torch's default seed varies
     model = build_model(args.model, **model_config)
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.objective}")
     config = {
