@@ -328,20 +328,25 @@ def bound_ladder(
     ais_leapfrog_steps: int = 10,
     seed: int | None = None,
     progress: bool = False,
+    log_weights: torch.Tensor | None = None,
 ) -> BoundLadder:
     """The ELBO, IWAE_K for each K in ``ks`` [3] and an AIS estimate [4] on the same data.
 
-    ``num_samples`` (default ``max(ks)``, at least 10 K for K < max) guide samples per datum
+    ``num_samples`` (default ``max(ks)``) guide samples per datum
     are drawn once and split into groups for every K. ``ais_steps=None`` skips AIS (the last
     row is then the largest-K bound). AIS starts from the prior as in Wu et al. [4], or from
-    the guide with ``ais_from_guide``.
+    the guide with ``ais_from_guide``. Pass precomputed ``log_weights`` ``(S, N)`` (e.g. from
+    :func:`importance_diagnostics`) to reuse them instead of sampling the guide again.
     """
     from pvae.evaluation.ais import ais_log_likelihood
     from pvae.evaluation.importance import log_importance_weights
 
     ks = sorted({int(k) for k in ks})
-    pool = int(num_samples) if num_samples is not None else max(ks)
-    log_w = log_importance_weights(model, guide, x, pool, *args)
+    if log_weights is not None:
+        log_w = log_weights
+    else:
+        pool = int(num_samples) if num_samples is not None else max(ks)
+        log_w = log_importance_weights(model, guide, x, pool, *args)
     bounds = iwae_bounds(log_w, ks)
     ladder = BoundLadder()
     for k in ks:
