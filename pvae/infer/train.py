@@ -322,12 +322,16 @@ def fit(
                     objective.beta = min(
                         1.0, (epoch + step / steps_per_epoch) / config.kl_anneal_epochs
                     )
-                value = objective(model, guide, *batch_args(batch), scale=num_data / size)
+                try:
+                    value = objective(model, guide, *batch_args(batch), scale=num_data / size)
+                except ValueError as error:
+                    # Distribution validation rejects parameters that overflowed to inf/nan:
+                    # report the divergence in one line, not a tensor dump.
+                    if "found invalid values" in str(error) or not _all_finite(params):
+                        raise _diverged(epoch, step, str(error).splitlines()[0]) from None
+                    raise
                 if not torch.isfinite(value.loss):
-                    raise TrainingError(
-                        f"non-finite loss at epoch {epoch + 1}, step {step + 1}; lower --lr or set "
-                        "--clip-norm (the last good checkpoint is kept)"
-                    )
+                    raise _diverged(epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 value.loss.backward()
                 if config.clip_norm is not None:
@@ -340,6 +344,8 @@ def fit(
                 if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                     checkpoint(epoch, step + 1)
             bar.close()
+            if not _all_finite(params):  # the epoch's last step may have diverged
+                raise _diverged(epoch, step)
             skip_steps = 0
             scheduler.step()
             objective.beta = 1.0
@@ -374,6 +380,18 @@ def fit(
                 break
     result.wall_time += time.perf_counter() - start_time
     return result
+
+
+def _all_finite(params: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def _diverged(epoch: int, step: int, detail: str = "") -> TrainingError:
+    detail = f" ({detail.split(' of distribution')[0]} is not finite)" if detail else ""
+    return TrainingError(
+        f"non-finite loss or parameters at epoch {epoch + 1}, step {step + 1}{detail}; lower "
+        "--lr or set --clip-norm (the last good checkpoint is kept)"
+    )
 
 
 def _collect_params(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:
