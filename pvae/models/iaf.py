@@ -101,6 +101,10 @@ class IAFVAE(VAE):
             return base
         return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of the base Gaussian (before the flow), ``(..., D)`` each."""
+        return self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
+
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The flow's image of the base Gaussian's mean (a representative point of q(z | x))."""
         flat = x.reshape(*x.shape[: -len(self.input_shape)], -1)
