@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -354,3 +357,21 @@ def test_m2_classifier_beats_chance_after_short_training(mnist):
     assert time.perf_counter() - start < 30
     accuracy = (model.classify(images[300:500]) == labels[300:500]).float().mean()
     assert accuracy > 0.3, float(accuracy)
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_zoo_benchmark_runs_in_its_smoke_setting(data_dir):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "M2 test accuracy" in done.stdout
+    for name in ("beta_vae", "cvae", "iaf", "svae", "mixture", "m2"):
+        assert f"| {name} |" in done.stdout
