@@ -1,0 +1,448 @@
+"""The ``pvae`` command line: help texts, a tiny end-to-end run, user errors, kill and resume.
+
+Commands run in-process through :func:`pvae.cli.main` (fast); only the kill/resume test starts
+subprocesses. Runs are tiny (a few hundred MNIST images, one epoch), so the numbers they produce
+are only checked for being finite and plausible, never for quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvae.cli import EXIT_USAGE, build_parser, main
+
+COMMANDS = ("train", "evaluate", "sample", "diagnose")
+# One epoch over 300 images, evaluated on 50 test images with K=20.
+TINY = [
+    "--train-size",
+    "300",
+    "--epochs",
+    "1",
+    "--eval-size",
+    "50",
+    "--eval-samples",
+    "20",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``pvae ARGV`` in-process: (exit code, stdout, stderr). argparse exits by SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_error(argv: list[str], capsys, contains: str) -> str:
+    """Exit code 2 and exactly one line on stderr, ``pvae COMMAND: error: ...``, no traceback."""
+    code, _, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == EXIT_USAGE, err
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"pvae {argv[0]}: error: "), err
+    assert contains in lines[0], err
+    return lines[0]
+
+
+def status_of(run: Path) -> str:
+    return json.loads((run / "status.json").read_text())["status"]
+
+
+def modules_state(run: Path) -> dict[str, torch.Tensor]:
+    payload = torch.load(run / "checkpoints" / "checkpoint_last.pt", weights_only=False)
+    return payload["modules"][0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny ``pvae train`` run shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run, for tests that damage or extend it."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+# -- help ---------------------------------------------------------------------------------------
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def test_help_lists_every_command(capsys) -> None:
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    assert set(_subcommands()) == set(COMMANDS)
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_mentions_every_option(command: str, capsys) -> None:
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    actions = [a for a in _subcommands()[command]._actions if a.dest != "help"]
+    assert actions
+    for action in actions:
+        assert action.help, f"{command}: {action.dest} has no help text"
+        names = action.option_strings or [action.dest]
+        for name in names:
+            assert name in out, f"`pvae {command} --help` does not mention {name}"
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).with_name("pvae")
+    if not script.exists():
+        pytest.skip(f"no pvae console script next to {sys.executable}")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout
+
+
+# -- a tiny end-to-end run ----------------------------------------------------------------------
+def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
+    for name in (
+        "config.json",
+        "status.json",
+        "metrics.json",
+        "report.md",
+        "checkpoints/checkpoint_last.pt",
+        "checkpoints/checkpoint_best.pt",
+    ):
+        assert (trained_run / name).is_file(), name
+    for name in ("loss_curve.png", "samples.png", "reconstructions.png"):
+        assert (trained_run / name).read_bytes().startswith(PNG_SIGNATURE), name
+    assert status_of(trained_run) == "complete"
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert (config["model"], config["dataset"], config["objective"]) == ("vae", "mnist", "elbo")
+    assert (config["train_size"], config["eval_size"], config["eval_samples"]) == (300, 50, 20)
+    assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 64
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["eval_samples"] == 20 and metrics["eval_size"] == 50
+    assert len(metrics["history"]) == 1
+    # An importance-sampled NLL of binarized MNIST in nats: positive, and below 784 ln 2 (a
+    # coin per pixel), which the output-bias initialisation alone already beats.
+    assert 0 < metrics["test_nll"] < 784 * math.log(2)
+    assert 0 < metrics["test_nll_stderr"] < metrics["test_nll"]
+
+    report = (trained_run / "report.md").read_text()
+    assert f"{metrics['test_nll']:.2f}" in report
+    for figure in ("loss_curve.png", "samples.png", "reconstructions.png"):
+        assert f"({figure})" in report
+
+
+def test_evaluate(run_copy: Path, capsys) -> None:
+    argv = ["evaluate", str(run_copy), "--eval-size", "20", "--eval-samples", "10", "--no-progress"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "test NLL" in out
+    result = json.loads((run_copy / "evaluation_test_K10.json").read_text())
+    assert (result["split"], result["checkpoint"]) == ("test", "best")
+    assert (result["eval_size"], result["eval_samples"]) == (20, 10)
+    assert 0 < result["nll"] < 784 * math.log(2)
+
+
+def test_sample(run_copy: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "grid.png"
+    code, stdout, err = run_cli(["sample", str(run_copy), "--num", "4", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    assert str(out) in stdout
+    # Without --out, the grid goes into the run folder, named after the seed.
+    code, _, err = run_cli(["sample", str(run_copy), "--num", "4", "--seed", "3"], capsys)
+    assert code == 0, err
+    assert (run_copy / "samples_seed3.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# -- user errors: one line, exit code 2 ---------------------------------------------------------
+def test_unknown_model(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    expect_error(["train", "--model", "nope", *TINY, "--out", str(out)], capsys, "unknown model")
+    assert not out.exists()
+
+
+def test_unknown_dataset(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--dataset", "nope", *TINY, "--out", str(tmp_path / "run")]
+    expect_error(argv, capsys, "unknown dataset 'nope'")
+
+
+def test_dataset_not_found(tmp_path: Path, monkeypatch, capsys) -> None:
+    """No file anywhere, and the only download source refuses connections at once."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PVAE_DATA_DIR", str(empty))
+    monkeypatch.setenv("PVAE_DATA_MIRROR", f"http://127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)  # fetch also looks in ./data
+    line = expect_error(
+        ["train", *TINY, "--out", str(tmp_path / "run")], capsys, "'mnist.npz' not found"
+    )
+    assert "PVAE_DATA_DIR" in line
+
+
+def test_completed_run_is_not_overwritten(run_copy: Path, capsys) -> None:
+    before = (run_copy / "metrics.json").read_bytes()
+    expect_error(["train", *TINY, "--out", str(run_copy)], capsys, "already holds a completed run")
+    assert status_of(run_copy) == "complete"
+    assert (run_copy / "metrics.json").read_bytes() == before
+
+
+def test_resume_with_a_different_model_is_refused(run_copy: Path, capsys) -> None:
+    config = (run_copy / "config.json").read_bytes()
+    argv = ["train", *TINY, "--latent-dim", "3", "--resume", "--out", str(run_copy)]
+    expect_error(argv, capsys, "cannot resume")
+    assert (run_copy / "config.json").read_bytes() == config
+    assert status_of(run_copy) == "complete"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_evaluate_with_a_corrupt_checkpoint(run_copy: Path, damage: str, capsys) -> None:
+    path = run_copy / "checkpoints" / "checkpoint_best.pt"
+    data = path.read_bytes()
+    path.write_bytes(b"not a checkpoint" if damage == "garbage" else data[: len(data) // 2])
+    argv = ["evaluate", str(run_copy), "--eval-size", "10", "--eval-samples", "5", "--no-progress"]
+    expect_error(argv, capsys, "corrupt")
+
+
+def test_evaluate_missing_or_foreign_folder(tmp_path: Path, capsys) -> None:
+    expect_error(["evaluate", str(tmp_path / "missing")], capsys, "does not exist")
+    expect_error(["evaluate", str(tmp_path)], capsys, "not a pvae run folder")
+
+
+def test_sample_into_a_missing_folder(run_copy: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "missing" / "grid.png"
+    expect_error(["sample", str(run_copy), "--num", "2", "--out", str(out)], capsys, "missing")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "-1"],
+        ["train", "--lr", "0"],
+        ["evaluate", "run", "--eval-samples", "0"],
+    ],
+    ids=["negative-epochs", "zero-lr", "zero-eval-samples"],
+)
+def test_bad_numbers_are_usage_errors(argv: list[str], capsys) -> None:
+    code, _, err = run_cli(argv, capsys)
+    assert code == EXIT_USAGE
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"pvae {argv[0]}: error: argument {argv[-2]}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tmp_path: Path, capsys) -> None:
+    argv = ["train", *TINY, "--device", "cuda", "--out", str(tmp_path / "run")]
+    expect_error(argv, capsys, "CUDA is not available")
+
+
+# -- training failures ----------------------------------------------------------------------------
+def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """From the third training step on the objective returns NaN: a clear one-line error, status
+    failed, no metrics, and the last good checkpoint kept."""
+    import pvae.infer.train as train_module
+
+    make_objective = train_module.make_objective
+
+    class PoisonedObjective:
+        def __init__(self, inner) -> None:
+            self.__dict__["inner"] = inner
+            self.__dict__["training_steps"] = 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __setattr__(self, name, value) -> None:
+            setattr(self.inner, name, value)
+
+        def __call__(self, *args, **kwargs):
+            value = self.inner(*args, **kwargs)
+            if torch.is_grad_enabled():
+                self.__dict__["training_steps"] += 1
+                if self.training_steps >= 3:
+                    value.loss = value.loss * float("nan")
+            return value
+
+    monkeypatch.setattr(
+        train_module, "make_objective", lambda *a, **k: PoisonedObjective(make_objective(*a, **k))
+    )
+    out = tmp_path / "run"
+    line = expect_error(
+        ["train", *TINY, "--checkpoint-every", "1", "--out", str(out)], capsys, "non-finite loss"
+    )
+    assert "epoch 1, step 3" in line and "--lr" in line
+    assert status_of(out) == "failed"
+    assert "non-finite loss" in json.loads((out / "status.json").read_text())["error"]
+    assert not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoints" / "checkpoint_last.pt", weights_only=False)["step"] == 2
+
+
+@pytest.mark.xfail(
+    strict=False,  # a fix in pvae/infer/train.py is under way: drop this marker once it lands
+    reason="KNOWN BUG: a huge --lr makes the parameters non-finite, and Pyro's argument "
+    "validation raises a ValueError (a multi-line tensor dump) before fit's non-finite-loss "
+    "check sees the loss",
+)
+def test_diverging_learning_rate_gives_a_clear_error(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    expect_error(["train", *TINY, "--lr", "1e30", "--out", str(out)], capsys, "non-finite")
+    assert status_of(out) == "failed"
+
+
+def test_seed_fixes_the_initialisation(tmp_path: Path, capsys) -> None:
+    """The same --seed gives the same weights whatever the process's random state was."""
+    argv = ["train", *TINY, "--train-size", "100", "--hidden", "16", "--latent-dim", "2"]
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # whatever ran before in this process
+        out = tmp_path / f"run{global_seed}"
+        assert run_cli([*argv, "--out", str(out)], capsys)[0] == 0
+        states.append(modules_state(out))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# -- kill and resume ------------------------------------------------------------------------------
+RESUME_ARGS = [
+    "--train-size",
+    "2000",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--hidden",
+    "64",
+    "--latent-dim",
+    "8",
+    "--checkpoint-every",
+    "3",
+    "--eval-size",
+    "20",
+    "--eval-samples",
+    "5",
+    "--seed",
+    "3",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """Two subprocess runs with the same seed: one uninterrupted, one SIGKILLed just after its
+    first checkpoint (three steps into epoch 1) and resumed with --resume. One thread each, so
+    that the arithmetic is deterministic. Returns (resumed run, reference run, the checkpoint
+    the kill left)."""
+    tmp_path = tmp_path_factory.mktemp("resume")
+    command = [sys.executable, "-m", "pvae.cli", "train", *RESUME_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    killed_run, reference_run = tmp_path / "killed", tmp_path / "reference"
+
+    def start(out: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*command, "--out", str(out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    reference = start(reference_run)  # runs alongside the one we kill
+    victim = start(killed_run)
+    try:
+        last = killed_run / "checkpoints" / "checkpoint_last.pt"
+        deadline = time.monotonic() + 120
+        while not last.exists():
+            assert victim.poll() is None, f"training ended before its first checkpoint: {victim}"
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.002)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        assert victim.returncode == -signal.SIGKILL
+        # The killed run is visibly unfinished.
+        assert status_of(killed_run) == "running"
+        assert not (killed_run / "metrics.json").exists()
+        killed_at = torch.load(last, weights_only=False)
+        assert killed_at["epoch"] < 2, "the kill came after training had finished"
+
+        resumed = subprocess.run(
+            [*command, "--resume", "--out", str(killed_run)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        _, reference_err = reference.communicate(timeout=300)
+        assert reference.returncode == 0, reference_err
+    finally:
+        for process in (victim, reference):
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    return killed_run, reference_run, killed_at
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(killed_and_resumed) -> None:
+    resumed_run, reference_run, killed_at = killed_and_resumed
+    assert status_of(resumed_run) == "complete"
+    resumed_state, reference_state = modules_state(resumed_run), modules_state(reference_run)
+    assert resumed_state.keys() == reference_state.keys()
+    different = [
+        k for k in reference_state if not torch.equal(resumed_state[k], reference_state[k])
+    ]
+    assert not different, (
+        f"killed at epoch {killed_at['epoch']}, step {killed_at['step']}; resumed parameters "
+        f"differ from the uninterrupted run's in {different}"
+    )
+    resumed_metrics = json.loads((resumed_run / "metrics.json").read_text())
+    reference_metrics = json.loads((reference_run / "metrics.json").read_text())
+    assert resumed_metrics["test_nll"] == reference_metrics["test_nll"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG: fit restarts an epoch's running bound at the resumed step, so the "
+    "history's train_bound of the interrupted epoch averages only the steps after the resume",
+)
+def test_resume_after_kill_keeps_the_history(killed_and_resumed) -> None:
+    resumed_run, reference_run, killed_at = killed_and_resumed
+    if killed_at["step"] == 0:
+        pytest.skip("the kill landed on an epoch boundary; nothing to check mid-epoch")
+
+    def history(run: Path) -> list[dict]:
+        records = json.loads((run / "metrics.json").read_text())["history"]
+        return [{k: v for k, v in r.items() if k != "time"} for r in records]
+
+    assert history(resumed_run) == history(reference_run)
+
+
+def test_unfinished_run_needs_resume(run_copy: Path, capsys) -> None:
+    (run_copy / "status.json").write_text(json.dumps({"status": "running"}))
+    expect_error(["train", *TINY, "--out", str(run_copy)], capsys, "an unfinished run")
