@@ -304,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "eval_samples": args.eval_samples,
         "eval_size": len(test),
         "train_size": len(train),
-        "command": "pvae " + " ".join(sys.argv[1:]),
+        "command": "pvae " + " ".join(args.argv),
     }
     _prepare_run_dir(out, args.resume, config)
     try:
@@ -489,14 +489,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    import pyro
-
     from pvae.data import load_dataset
+    from pvae.diagnose import diagnose_run
 
-    try:
-        from pvae.diagnose import diagnose_run
-    except ImportError as error:  # pragma: no cover - only while the module is missing
-        raise CLIError(f"diagnostics are unavailable: {error}") from None
     model, config = _load(args.run_dir, args.checkpoint)
     test = load_dataset(
         config["dataset"],
@@ -505,21 +500,33 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         size_seed=args.seed,
         progress=not args.no_progress,
     )
-    pyro.set_rng_seed(args.seed)
-    x = _eval_tensor(test)
-    metrics = diagnose_run(
+    metrics, figures = diagnose_run(
         model,
-        x,
+        _eval_tensor(test),
         test.labels,
         Path(args.run_dir),
         num_samples=args.num_samples,
         ais_steps=args.ais_steps,
         ais_chains=args.ais_chains,
         bdmc_data=args.bdmc_data,
+        seed=args.seed,
         progress=not args.no_progress,
     )
-    print(json.dumps(metrics if isinstance(metrics, dict) else metrics[0], indent=2, default=str))
+    _append_diagnostics_to_report(Path(args.run_dir), figures)
+    print(json.dumps(metrics, indent=2, default=str))
     return 0
+
+
+def _append_diagnostics_to_report(run_dir: Path, figures: list[tuple[str, str]]) -> None:
+    """Adds (or replaces) the report's diagnostics section: one heading and image per figure."""
+    report = run_dir / "report.md"
+    text = report.read_text() if report.exists() else f"# {run_dir.name}\n"
+    marker = "\n## Diagnostics (`pvae diagnose`)\n"
+    text = text.split(marker)[0].rstrip("\n") + "\n" + marker
+    text += "\nNumbers: `diagnostics.json`; ArviZ data: `diagnostics.nc`.\n"
+    for title, filename in figures:
+        text += f"\n### {title}\n![{title}]({filename})\n"
+    report.write_text(text)
 
 
 COMMANDS = {
@@ -531,7 +538,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from pvae.data.download import DataIntegrityError
     from pvae.infer.checkpoint import CheckpointError
     from pvae.infer.train import TrainingError

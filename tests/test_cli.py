@@ -305,12 +305,6 @@ def test_non_finite_loss_fails_the_run(tmp_path: Path, monkeypatch, capsys) -> N
     assert torch.load(out / "checkpoints" / "checkpoint_last.pt", weights_only=False)["step"] == 2
 
 
-@pytest.mark.xfail(
-    strict=False,  # a fix in pvae/infer/train.py is under way: drop this marker once it lands
-    reason="KNOWN BUG: a huge --lr makes the parameters non-finite, and Pyro's argument "
-    "validation raises a ValueError (a multi-line tensor dump) before fit's non-finite-loss "
-    "check sees the loss",
-)
 def test_diverging_learning_rate_gives_a_clear_error(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     expect_error(["train", *TINY, "--lr", "1e30", "--out", str(out)], capsys, "non-finite")
@@ -426,11 +420,6 @@ def test_resume_after_kill_matches_an_uninterrupted_run(killed_and_resumed) -> N
     assert resumed_metrics["test_nll"] == reference_metrics["test_nll"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG: fit restarts an epoch's running bound at the resumed step, so the "
-    "history's train_bound of the interrupted epoch averages only the steps after the resume",
-)
 def test_resume_after_kill_keeps_the_history(killed_and_resumed) -> None:
     resumed_run, reference_run, killed_at = killed_and_resumed
     if killed_at["step"] == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -250,6 +251,8 @@ def fit(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
 
         start_epoch, skip_steps = 0, 0
+        resumed_totals: tuple[float, int] = (0.0, 0)
+        epoch_totals: tuple[float, int] = (0.0, 0)  # running (bound, data) for mid-epoch saves
         epoch_start_generator = None
         if resume and checkpoint_dir is not None and (checkpoint_dir / LAST).exists():
             payload = load_checkpoint(checkpoint_dir / LAST, map_location=device)
@@ -260,9 +263,9 @@ def fit(
             result.best_valid = payload.get("best_valid")
             start_epoch, skip_steps = payload["epoch"], payload.get("step", 0)
             epoch_start_generator = payload.get("epoch_start_generator")
+            resumed_totals = tuple(payload.get("epoch_totals") or (0.0, 0))
             set_rng_state(payload["rng"], generator)
             result.wall_time = payload.get("wall_time", 0.0)
-            params = optimizer.param_groups[0]["params"]
             if payload.get("stopped_early") or start_epoch >= config.epochs:
                 result.stopped_early = bool(payload.get("stopped_early"))
                 return result
@@ -291,6 +294,7 @@ def fit(
                     "best_valid": result.best_valid,
                     "wall_time": result.wall_time + time.perf_counter() - start_time,
                     "stopped_early": stopped_early,
+                    "epoch_totals": epoch_totals,
                 },
             )
 
@@ -304,7 +308,7 @@ def fit(
             batches = iter(_iterate(train_data, config.batch_size, True, generator))
             for _ in range(skip_steps):
                 next(batches)
-            total_bound, seen = 0.0, 0
+            total_bound, seen = resumed_totals if skip_steps else (0.0, 0)
             steps_per_epoch = math.ceil(num_data / config.batch_size)
             bar = tqdm(
                 batches,
@@ -342,12 +346,19 @@ def fit(
                 if progress and step % 20 == 0:
                     bar.set_postfix(bound=f"{total_bound / seen:.2f}")
                 if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                    epoch_totals = (total_bound, seen)
                     checkpoint(epoch, step + 1)
             bar.close()
             if not _all_finite(params):  # the epoch's last step may have diverged
                 raise _diverged(epoch, step)
             skip_steps = 0
-            scheduler.step()
+            with warnings.catch_warnings():
+                # A run resumed after its epoch's last step takes no optimizer step in this
+                # epoch; the schedule still advances once per epoch, as uninterrupted.
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                scheduler.step()
             objective.beta = 1.0
             record = {
                 "epoch": epoch + 1,
@@ -416,11 +427,18 @@ def _load_state(payload: dict, modules, optimizer, scheduler) -> None:
         raise CheckpointError("checkpoint holds a different number of modules than the model")
     for module, state in zip(modules, payload["modules"], strict=True):
         module.load_state_dict(state)
-    pyro.get_param_store().set_state(payload["param_store"])
-    # set_state creates new tensors: point the optimizer at the restored ones.
-    if not modules:
-        store = pyro.get_param_store()
-        optimizer.param_groups[0]["params"] = [store._params[n] for n in store.keys()]
+    # Copy saved pyro.param values into the existing tensors: modules registered with
+    # pyro.module and the optimizer both hold references to them.
+    store = pyro.get_param_store()
+    saved = payload["param_store"]
+    for name, value in saved["params"].items():
+        if name in store._params:
+            with torch.no_grad():
+                store._params[name].copy_(value)
+        else:
+            store._params[name] = value
+            store._param_to_name[value] = name
+            store._constraints[name] = saved["constraints"][name]
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
 

@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pvae.evaluation import LogLikelihood, log_importance_weights, log_likelihood
+from pvae.evaluation import log_importance_weights, log_likelihood
 from pvae.infer.objectives import ELBO, IWAE, PyroObjective, make_objective
 
 D, P, S = 2, 4, 0.7

@@ -211,3 +211,44 @@ def test_config_validation_and_schedules():
     assert factors[0] == 1.0
     assert factors[1] == factors[3] == pytest.approx(10 ** (-1 / 7))
     assert factors[4] == factors[12] == pytest.approx(10 ** (-2 / 7))
+
+
+def test_plain_function_model_with_pyro_module_resumes_exactly(tmp_path):
+    """Resuming must update the same tensors that pyro.module-registered networks use."""
+    x = small_data(128)
+
+    def run(epochs, directory, resume=False):
+        torch.manual_seed(0)
+        vae = small_vae()
+        encoder, decoder = vae.encoder, vae.decoder
+
+        def model(x_):
+            pyro.module("decoder", decoder)
+            with pyro.plate("data", x_.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+                logits = decoder(z).reshape(x_.shape)
+                pyro.sample("x", dist.Bernoulli(logits=logits).to_event(3), obs=x_)
+
+        def guide(x_):
+            pyro.module("encoder", encoder)
+            loc, scale = encoder(x_.reshape(x_.shape[0], -1))
+            with pyro.plate("data", x_.shape[0]):
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+        fit(
+            model,
+            guide,
+            x,
+            epochs=epochs,
+            batch_size=32,
+            seed=1,
+            progress=False,
+            checkpoint_dir=directory,
+            resume=resume,
+        )
+        return {**encoder.state_dict(), **{"d" + k: v for k, v in decoder.state_dict().items()}}
+
+    full = run(2, tmp_path / "full")
+    run(1, tmp_path / "part")
+    resumed = run(2, tmp_path / "part", resume=True)
+    assert states_equal(full, resumed)
