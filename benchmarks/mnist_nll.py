@@ -64,12 +64,12 @@ def main() -> None:
         vae = VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
         vae.initialize_output_bias(train.images.mean(0))
         start = time.perf_counter()
-        result = fit(
+        fit(
             vae.model,
             vae.guide,
             train,
             valid_data=valid,
-            objective=objective,
+            objective="elbo" if objective == "vae" else objective,
             num_particles=k,
             epochs=epochs,
             batch_size=args.batch_size,

@@ -338,12 +338,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         from pvae.runs import load_run
 
         model, _ = load_run(out, "best", device=args.device)
-        x_test = test.images_for_eval() if hasattr(test, "images_for_eval") else _eval_tensor(test)
+        x_test, y_test = _eval_tensors(test)
         eval_start = time.perf_counter()
         values = log_likelihood(
             model.model,
             model.guide,
-            x_test.to(args.device),
+            *_likelihood_args(model, x_test.to(args.device), y_test.to(args.device)),
             num_samples=args.eval_samples,
             progress=progress,
         )
@@ -372,14 +372,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_tensor(dataset) -> Any:
-    """The dataset's evaluation images (binarized once, as stored)."""
+def _eval_tensors(dataset) -> tuple[Any, Any]:
+    """The dataset's evaluation images (binarized once, as stored) and labels."""
     import torch
 
     batches = dataset.batches(
         len(dataset), shuffle=False, generator=torch.Generator().manual_seed(0)
     )
-    return torch.cat([x for x, _ in batches])
+    xs, ys = zip(*batches, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _eval_tensor(dataset) -> Any:
+    return _eval_tensors(dataset)[0]
+
+
+def _likelihood_args(model, x, y) -> tuple:
+    """``log_likelihood``'s data arguments: ``model.eval_args(x, y)`` for conditional models."""
+    eval_args = getattr(model, "eval_args", None)
+    return tuple(eval_args(x, y)) if eval_args is not None else (x,)
 
 
 def _write_figures_and_report(
@@ -453,9 +464,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(
         config["dataset"], args.split, size=args.eval_size, progress=not args.no_progress
     )
-    x = _eval_tensor(data).to(args.device)
+    x, y = _eval_tensors(data)
     values = log_likelihood(
-        model.model, model.guide, x, num_samples=args.eval_samples, progress=not args.no_progress
+        model.model,
+        model.guide,
+        *_likelihood_args(model, x.to(args.device), y.to(args.device)),
+        num_samples=args.eval_samples,
+        progress=not args.no_progress,
     )
     estimate = LogLikelihood(values.cpu(), args.eval_samples)
     result = {

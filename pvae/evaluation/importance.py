@@ -25,7 +25,7 @@ from pvae.infer.trace import guess_max_plate_nesting, per_datum_log_weights, tra
 
 
 def _max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, extra: tuple) -> int:
-    model_trace, guide_trace = trace_model_guide(model, guide, (x[:1], *extra))
+    model_trace, guide_trace = trace_model_guide(model, guide, (x[:1], *(a[:1] for a in extra)))
     return max(1, guess_max_plate_nesting(model_trace, guide_trace))
 
 
