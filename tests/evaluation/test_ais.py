@@ -184,3 +184,14 @@ def test_runs_on_a_pvae_vae():
     for result in (prior, guided):
         assert result.values.shape == (3,) and torch.isfinite(result.values).all()
         assert result.values.max() < 0.0  # a probability of binary data
+
+
+@pytest.mark.slow
+def test_long_runs_are_tight(linear_gaussian):
+    # The slow version of the convergence tests: T = 3000, K = 32.
+    x = linear_gaussian.data(16)
+    exact = linear_gaussian.log_marginal(x).double()
+    result = ais_log_likelihood(linear_gaussian.model, x, num_steps=3000, num_chains=32, seed=4)
+    assert abs(float((result.values - exact).mean())) < 4 * _mean_stderr(result) + 0.005
+    sandwich = bdmc(linear_gaussian.model, 16, 3000, 16, example_x=x[:1], leapfrog_steps=5, seed=4)
+    assert abs(sandwich.gap_mean) < 0.1
