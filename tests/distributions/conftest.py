@@ -162,6 +162,15 @@ FIXTURES = [
 ]
 
 
+# Tests that apply only to some fixtures: the others are not generated (rather than skipped).
+APPLIES = {
+    "test_entropy_monte_carlo": lambda f: f.has_entropy,
+    "test_kl_to_uniform_monte_carlo": lambda f: f.on_sphere,
+}
+
+
 def pytest_generate_tests(metafunc):
     if "fixture" in metafunc.fixturenames:
-        metafunc.parametrize("fixture", FIXTURES, ids=[f.name for f in FIXTURES])
+        applies = APPLIES.get(metafunc.function.__name__, lambda f: True)
+        fixtures = [f for f in FIXTURES if applies(f)]
+        metafunc.parametrize("fixture", fixtures, ids=[f.name for f in fixtures])
