@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from pvae.evaluation.importance import PerDatumEstimate
+
 CONSTANT_WEIGHTS_TOLERANCE = 1e-3  # nats
 MIN_SAMPLES_FOR_KHAT = 50
 
@@ -232,21 +234,12 @@ def to_inference_data(
 
 
 @dataclass
-class LadderRow:
+class LadderRow(PerDatumEstimate):
     """One bound of the ladder: per-datum values ``(N,)`` in nats."""
 
     name: str
     num_samples: int
     values: torch.Tensor
-
-    @property
-    def mean(self) -> float:
-        return float(self.values.mean())
-
-    @property
-    def stderr(self) -> float:
-        n = self.values.numel()
-        return float(self.values.std() / math.sqrt(n)) if n > 1 else float("nan")
 
 
 @dataclass

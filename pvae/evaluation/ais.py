@@ -50,6 +50,7 @@ import torch
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
+from pvae.evaluation.importance import PerDatumEstimate
 from pvae.infer.trace import (
     DATA_PLATE,
     data_frame,
@@ -96,7 +97,7 @@ def _logmeanexp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 @dataclass
-class AISResult:
+class AISResult(PerDatumEstimate):
     """Output of :func:`ais_log_likelihood` (or one direction of :func:`bdmc`).
 
     ``log_weights`` has shape ``(K, N)`` (chains, data). For ``direction="forward"`` they
@@ -138,16 +139,6 @@ class AISResult:
         if k < 2:
             return torch.full_like(w[0], float("nan"))
         return w.std(0, unbiased=True) / (math.sqrt(k) * w.mean(0))
-
-    @property
-    def mean(self) -> float:
-        return float(self.values.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of the mean over data."""
-        n = self.values.numel()
-        return float(self.values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
 
     def __repr__(self) -> str:
         return (

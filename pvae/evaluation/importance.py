@@ -58,12 +58,10 @@ def log_importance_weights(
     return torch.cat(parts, dim=0)
 
 
-@dataclass
-class LogLikelihood:
-    """Per-datum estimates and their summary. ``values`` has shape ``(N,)`` (nats)."""
+class PerDatumEstimate:
+    """Mixin for results holding per-datum estimates ``values`` of shape ``(N,)`` (nats)."""
 
     values: torch.Tensor
-    num_samples: int
 
     @property
     def mean(self) -> float:
@@ -74,6 +72,14 @@ class LogLikelihood:
         """Standard error of the mean over data (the spread of log p(x) across data)."""
         n = self.values.numel()
         return float(self.values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+@dataclass
+class LogLikelihood(PerDatumEstimate):
+    """Per-datum estimates and their summary. ``values`` has shape ``(N,)`` (nats)."""
+
+    values: torch.Tensor
+    num_samples: int
 
     def __repr__(self) -> str:
         return f"LogLikelihood(mean={self.mean:.3f}, stderr={self.stderr:.3f}, K={self.num_samples}, N={self.values.numel()})"
