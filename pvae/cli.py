@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of test images to evaluate (default: all)",
     )
     train.add_argument(
+        "--num-labels",
+        type=_positive_int,
+        default=100,
+        help="labelled training images for semi-supervised models (m2); others ignore it",
+    )
+    train.add_argument(
         "--train-size",
         type=_positive_int,
         default=None,
@@ -322,13 +328,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
 
-        result = fit(
-            model.model,
-            model.guide,
-            train,
+        fit_kwargs: dict[str, Any] = dict(
+            train_data=train,
             valid_data=valid,
             objective=args.objective,
             num_particles=args.num_particles,
+        )
+        # A model that needs its own data stream or objective (M2: labelled and unlabelled
+        # batches, y enumerated) says so through training_setup(train, num_labels=, seed=).
+        training_setup = getattr(model, "training_setup", None)
+        if training_setup is not None:
+            fit_kwargs.update(training_setup(train, num_labels=args.num_labels, seed=args.seed))
+        result = fit(
+            model.model,
+            model.guide,
+            **fit_kwargs,
             config=train_config,
             checkpoint_dir=out / CHECKPOINTS,
             resume=args.resume,
@@ -359,6 +373,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             "train_wall_time": result.wall_time,
             "eval_wall_time": time.perf_counter() - eval_start,
         }
+        if hasattr(model, "classify"):
+            predictions = model.classify(x_test.to(args.device)).cpu()
+            metrics["test_accuracy"] = float((predictions == y_test).float().mean())
         _write_figures_and_report(out, model, config, metrics, x_test, args.seed)
         write_json(out / "metrics.json", metrics)
         set_status(out, "complete")
@@ -421,6 +438,13 @@ def _write_figures_and_report(
         "|---|---|",
         f"| test NLL (nats, K={metrics['eval_samples']}, {metrics['eval_size']} images) | "
         f"{metrics['test_nll']:.2f} ± {metrics['test_nll_stderr']:.2f} |",
+        *(
+            [
+                f"| test accuracy (q(y \\| x), {metrics['eval_size']} images) | {metrics['test_accuracy']:.4f} |"
+            ]
+            if "test_accuracy" in metrics
+            else []
+        ),
         f"| best epoch (validation) | {metrics['best_epoch']} of {last['epoch']} |",
         f"| train bound, last epoch (nats per image) | {last['train_bound']:.2f} |",
         f"| valid ELBO, last epoch | {last.get('valid_elbo', float('nan')):.2f} |",

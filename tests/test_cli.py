@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from pvae.cli import EXIT_USAGE, build_parser, main
+from pvae.models import available_models
 
 COMMANDS = ("train", "evaluate", "sample", "diagnose")
 # One epoch over 300 images, evaluated on 50 test images with K=20.
@@ -435,3 +436,24 @@ def test_resume_after_kill_keeps_the_history(killed_and_resumed) -> None:
 def test_unfinished_run_needs_resume(run_copy: Path, capsys) -> None:
     (run_copy / "status.json").write_text(json.dumps({"status": "running"}))
     expect_error(["train", *TINY, "--out", str(run_copy)], capsys, "an unfinished run")
+
+
+# -- every registered model -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_trains_and_evaluates_from_the_cli(name, tmp_path, capsys) -> None:
+    out = tmp_path / name
+    argv = ["train", "--model", name, *TINY, "--latent-dim", "4", "--out", str(out)]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert status_of(out) == "complete"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["test_nll"]) and metrics["test_nll"] > 0
+    for figure in ("loss_curve.png", "samples.png", "reconstructions.png", "report.md"):
+        assert (out / figure).stat().st_size > 0
+    if "test_accuracy" in metrics:  # classifiers (m2) report accuracy in [0, 1]
+        assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    code, stdout, err = run_cli(
+        ["evaluate", str(out), "--eval-size", "20", "--eval-samples", "10", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    assert "test NLL" in stdout

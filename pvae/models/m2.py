@@ -153,6 +153,16 @@ class M2(ImageModel):
         """Logits of q(y | x), ``(B, C)``."""
         return self.classifier(self._flat(x))
 
+    def training_setup(self, train: Any, *, num_labels: int = 100, seed: int = 0) -> dict:
+        """``fit`` arguments for ``pvae train --model m2``: ``num_labels`` labelled images
+        (balanced, drawn with ``seed``) among the unlabelled rest, :class:`SemiSupervisedELBO`,
+        and no ``valid_data`` (its ELBO needs reparameterized guide sites)."""
+        return dict(
+            train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
+            objective=SemiSupervisedELBO(),
+            valid_data=None,
+        )
+
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable class under q(y | x), ``(B,)`` integers."""
