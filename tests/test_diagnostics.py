@@ -5,8 +5,6 @@ import math
 import subprocess
 import sys
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
@@ -19,51 +17,12 @@ from pvae.diagnostics import (
 )
 
 
-class LinearGaussian:
-    """z ~ N(0, I_2), x | z ~ N(W z + b, 0.5^2 I_4); exact posterior N(mu(x), Sigma).
-    (The same model as tests/evaluation/conftest.py, kept here so this file stands alone.)"""
-
-    def __init__(self, s: float = 0.5) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.W = torch.randn(4, 2, generator=g)
-        self.b = torch.randn(4, generator=g)
-        self.s = s
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.s).to_event(1), obs=x)
-
-    def posterior(self, x):
-        cov = torch.linalg.inv(torch.eye(2) + self.W.T @ self.W / self.s**2)
-        return (x - self.b) @ self.W @ cov / self.s**2, torch.linalg.cholesky(cov)
-
-    def guide(self, x):
-        mu, scale_tril = self.posterior(x)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.MultivariateNormal(mu, scale_tril=scale_tril))
-
-    def diagonal_guide(self, x, shrink: float = 1.0):
-        mu, scale_tril = self.posterior(x)
-        with pyro.plate("data", x.shape[0]):
-            scale = (scale_tril.diagonal() * shrink).expand_as(mu)
-            pyro.sample("z", dist.Normal(mu, scale).to_event(1))
-
-    def narrow_guide(self, x):
-        return self.diagonal_guide(x, shrink=0.1)
-
-    def marginal(self):
-        return dist.MultivariateNormal(self.b, self.W @ self.W.T + self.s**2 * torch.eye(4))
-
-    def data(self, n: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            return self.marginal().sample((n,))
-
-
 @pytest.fixture
-def lg():
-    return LinearGaussian()
+def lg(linear_gaussian):
+    """tests/conftest.py's linear-Gaussian model, with ``narrow_guide`` 10x narrower than the
+    posterior."""
+    linear_gaussian.narrow_shrink = 0.1
+    return linear_gaussian
 
 
 def test_khat_and_ess_separate_good_and_bad_guides(lg):
