@@ -6,7 +6,7 @@ this script only concatenates them, in a fixed order. Usage: ``python benchmarks
 
 from pathlib import Path
 
-ORDER = ["throughput", "mnist_nll", "distributions", "zoo", "diagnostics"]
+ORDER = ["throughput", "mnist_nll", "distributions", "zoo", "svae_sweep", "diagnostics"]
 
 
 def main() -> None:
