@@ -3,10 +3,10 @@
 import math
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
 from torch.distributions import register_kl
 
 from pvae.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from pvae.distributions.spherical import SphericalLocConcentration
 from pvae.distributions.von_mises_fisher import _householder_from_e1
 
 
@@ -32,7 +32,7 @@ def _entropy64(kappa: torch.Tensor, d: int) -> torch.Tensor:
     )
 
 
-class PowerSpherical(TorchDistribution):
+class PowerSpherical(SphericalLocConcentration):
     r"""Power spherical distribution on :math:`S^{d-1}`, a rejection-free alternative to the
     von Mises-Fisher distribution [1]:
 
@@ -52,58 +52,10 @@ class PowerSpherical(TorchDistribution):
             2020, https://arxiv.org/abs/2001.04437
     """
 
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(
-        self,
-        loc: torch.Tensor,
-        concentration: torch.Tensor | float,
-        validate_args: bool | None = None,
-    ):
-        loc = torch.as_tensor(loc)
-        if not loc.dtype.is_floating_point:
-            loc = loc.to(torch.get_default_dtype())
-        if loc.dim() < 1 or loc.size(-1) < 2:
-            raise ValueError(
-                f"PowerSpherical: loc must have shape (..., d) with d >= 2, got shape "
-                f"{tuple(loc.shape)}."
-            )
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        try:
-            batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"PowerSpherical: concentration shape {tuple(concentration.shape)} does not "
-                f"broadcast with loc's batch shape {tuple(loc.shape[:-1])}."
-            ) from error
-        d = loc.size(-1)
-        self.loc = loc.expand(batch_shape + (d,))
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, torch.Size((d,)), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(PowerSpherical, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(PowerSpherical, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    @property
-    def dim(self) -> int:
-        return self.event_shape[0]
-
     @property
     def mean(self) -> torch.Tensor:
         kappa = self.concentration
         return (kappa / (self.dim - 1 + kappa)).unsqueeze(-1) * self.loc
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))

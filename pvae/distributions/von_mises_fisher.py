@@ -4,11 +4,11 @@ import functools
 import math
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
 from torch.distributions import register_kl
 
 from pvae.distributions.bessel import bessel_iv_ratio, log_bessel_iv
 from pvae.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
+from pvae.distributions.spherical import SphericalLocConcentration
 
 _QUADRATURE_NODES = 64
 _MAX_REJECTION_ROUNDS = 1000
@@ -150,7 +150,7 @@ def _householder_from_e1(x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     return -sign * (x - scale * u)
 
 
-class VonMisesFisher(TorchDistribution):
+class VonMisesFisher(SphericalLocConcentration):
     r"""von Mises-Fisher distribution on the unit sphere :math:`S^{d-1} \subset R^d`, [1]
 
     .. math:: p(x) = C_d(\kappa) \exp(\kappa \mu^T x), \quad
@@ -185,49 +185,7 @@ class VonMisesFisher(TorchDistribution):
             https://arxiv.org/abs/1610.05683
     """
 
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
-    support = constraints.sphere
-    has_rsample = True
-
-    def __init__(
-        self,
-        loc: torch.Tensor,
-        concentration: torch.Tensor | float,
-        validate_args: bool | None = None,
-    ):
-        loc = torch.as_tensor(loc)
-        if not loc.dtype.is_floating_point:
-            loc = loc.to(torch.get_default_dtype())
-        if loc.dim() < 1 or loc.size(-1) < 2:
-            raise ValueError(
-                f"VonMisesFisher: loc must have shape (..., d) with d >= 2, got shape "
-                f"{tuple(loc.shape)}; for a circle use d = 2."
-            )
-        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
-        try:
-            batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
-        except RuntimeError as error:
-            raise ValueError(
-                f"VonMisesFisher: concentration shape {tuple(concentration.shape)} does not "
-                f"broadcast with loc's batch shape {tuple(loc.shape[:-1])}."
-            ) from error
-        d = loc.size(-1)
-        self.loc = loc.expand(batch_shape + (d,))
-        self.concentration = concentration.expand(batch_shape)
-        super().__init__(batch_shape, torch.Size((d,)), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(VonMisesFisher, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.loc = self.loc.expand(batch_shape + self.event_shape)
-        new.concentration = self.concentration.expand(batch_shape)
-        super(VonMisesFisher, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    @property
-    def dim(self) -> int:
-        return self.event_shape[0]
+    _shape_hint = "; for a circle use d = 2"
 
     @property
     def mean(self) -> torch.Tensor:
@@ -235,10 +193,6 @@ class VonMisesFisher(TorchDistribution):
 
     def _mean_resultant_length(self) -> torch.Tensor:
         return bessel_iv_ratio(self.dim / 2 - 1, self.concentration)
-
-    @property
-    def mode(self) -> torch.Tensor:
-        return self.loc
 
     def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():

@@ -1,0 +1,63 @@
+"""The shared shape of pvae's directional families on the sphere S^(d-1)."""
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+
+class SphericalLocConcentration(TorchDistribution):
+    """Base of distributions on S^(d-1) with a mean direction ``loc`` (..., d) of unit norm and
+    a positive ``concentration`` (...): argument checks, broadcasting, ``expand``, ``dim`` and
+    ``mode``. Subclasses add sampling and densities."""
+
+    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
+    support = constraints.sphere
+    has_rsample = True
+    _shape_hint = ""  # appended to the bad-shape error
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        concentration: torch.Tensor | float,
+        validate_args: bool | None = None,
+    ):
+        name = type(self).__name__
+        loc = torch.as_tensor(loc)
+        if not loc.dtype.is_floating_point:
+            loc = loc.to(torch.get_default_dtype())
+        if loc.dim() < 1 or loc.size(-1) < 2:
+            raise ValueError(
+                f"{name}: loc must have shape (..., d) with d >= 2, got shape "
+                f"{tuple(loc.shape)}{self._shape_hint}."
+            )
+        concentration = torch.as_tensor(concentration, dtype=loc.dtype, device=loc.device)
+        try:
+            batch_shape = torch.broadcast_shapes(loc.shape[:-1], concentration.shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{name}: concentration shape {tuple(concentration.shape)} does not "
+                f"broadcast with loc's batch shape {tuple(loc.shape[:-1])}."
+            ) from error
+        d = loc.size(-1)
+        self.loc = loc.expand(batch_shape + (d,))
+        self.concentration = concentration.expand(batch_shape)
+        super().__init__(batch_shape, torch.Size((d,)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        cls = type(self)
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.concentration = self.concentration.expand(batch_shape)
+        super(SphericalLocConcentration, new).__init__(
+            batch_shape, self.event_shape, validate_args=False
+        )
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def dim(self) -> int:
+        return self.event_shape[0]
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.loc
