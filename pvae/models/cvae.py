@@ -31,12 +31,12 @@ from torch.nn import functional as F
 
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import ImageModel
+from pvae.models.vae import StandardNormalPrior
 from pvae.nets import GaussianMLP, mlp, numel
 
 
 @register_model("cvae")
-class CVAE(ImageModel):
+class CVAE(StandardNormalPrior):
     """Label-conditional VAE, ``p(x | y) = E_{N(z; 0, I)} p(x | z, y)``.
 
     Args:
@@ -83,8 +83,7 @@ class CVAE(ImageModel):
             [self.latent_dim + self.num_classes, *reversed(hidden), pixels], activation
         )
         self.likelihood = Likelihood(likelihood, input_shape)
-        self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
-        self.register_buffer("prior_scale", torch.ones(self.latent_dim))
+        self._register_standard_normal_prior(self.latent_dim)
 
     # -- labels ----------------------------------------------------------------------------
     def batch_args(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,17 +122,6 @@ class CVAE(ImageModel):
 
     def output_bias(self) -> torch.Tensor | None:
         return self.decoder[-1].bias
-
-    def prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
-
-    def prior_sample(
-        self, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        eps = torch.randn(
-            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
-        )
-        return self.prior_loc + self.prior_scale * eps
 
     @torch.no_grad()
     def _labels_for(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import ImageModel
+from pvae.models.vae import StandardNormalPrior
 from pvae.nets import GaussianMLP, mlp, numel
 
 UNLABELLED = -1
@@ -64,7 +64,7 @@ def _concat(features: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("m2")
-class M2(ImageModel):
+class M2(StandardNormalPrior):
     """Semi-supervised VAE (M2) with a classifier ``q(y | x)`` and ``q(z | x, y)``.
 
     Args:
@@ -118,8 +118,7 @@ class M2(ImageModel):
         self.encoder = GaussianMLP(pixels + c, hidden, self.latent_dim, activation)
         self.decoder = mlp([self.latent_dim + c, *reversed(hidden), pixels], activation)
         self.likelihood = Likelihood(likelihood, input_shape)
-        self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
-        self.register_buffer("prior_scale", torch.ones(self.latent_dim))
+        self._register_standard_normal_prior(self.latent_dim)
         self.register_buffer("label_logits", torch.zeros(c))  # uniform p(y)
 
     # -- labels ---------------------------------------------------------------------------
@@ -184,14 +183,6 @@ class M2(ImageModel):
     def output_bias(self) -> torch.Tensor | None:
         return self.decoder[-1].bias
 
-    def prior_sample(
-        self, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        eps = torch.randn(
-            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
-        )
-        return self.prior_loc + self.prior_scale * eps
-
     @torch.no_grad()
     def sample(
         self,
@@ -216,7 +207,7 @@ class M2(ImageModel):
         """p(x, y, z) = p(y) p(z) p(x | y, z); ``y=None``: an unlabelled batch."""
         self._check_input(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
+            z = pyro.sample("z", self.prior())
             label = pyro.sample("y", dist.Categorical(logits=self.label_logits), obs=y)
             pyro.sample("x", self.likelihood(self.decode_logits(z, label)), obs=x)
             if y is not None and self.alpha > 0:

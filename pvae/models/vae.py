@@ -70,8 +70,29 @@ class ImageModel(PyroModule):
         return None
 
 
+class StandardNormalPrior(ImageModel):
+    """Base of image models with ``p(z) = Normal(0, I_D)``: the buffers ``prior_loc`` and
+    ``prior_scale`` (they follow the model's device and dtype), ``prior()`` and
+    ``prior_sample()``. Call :meth:`_register_standard_normal_prior` in ``__init__``."""
+
+    def _register_standard_normal_prior(self, latent_dim: int) -> None:
+        self.register_buffer("prior_loc", torch.zeros(latent_dim))
+        self.register_buffer("prior_scale", torch.ones(latent_dim))
+
+    def prior(self) -> dist.TorchDistribution:
+        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
+
+    def prior_sample(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        eps = torch.randn(
+            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
+        )
+        return self.prior_loc + self.prior_scale * eps
+
+
 @register_model("vae")
-class VAE(ImageModel):
+class VAE(StandardNormalPrior):
     """Gaussian-latent VAE with an MLP (or small conv) encoder and decoder.
 
     Args:
@@ -120,8 +141,7 @@ class VAE(ImageModel):
             self.encoder = ConvEncoder(latent_dim)
             self.decoder = ConvDecoder(latent_dim)
         self.likelihood = Likelihood(likelihood, input_shape)
-        self.register_buffer("prior_loc", torch.zeros(latent_dim))
-        self.register_buffer("prior_scale", torch.ones(latent_dim))
+        self._register_standard_normal_prior(int(latent_dim))
 
     # -- networks -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,17 +159,6 @@ class VAE(ImageModel):
     def output_bias(self) -> torch.Tensor | None:
         last = self.decoder[-1] if isinstance(self.decoder, torch.nn.Sequential) else None
         return last.bias if isinstance(last, torch.nn.Linear) else None
-
-    def prior(self) -> dist.TorchDistribution:
-        return dist.Normal(self.prior_loc, self.prior_scale).to_event(1)
-
-    def prior_sample(
-        self, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        eps = torch.randn(
-            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
-        )
-        return self.prior_loc + self.prior_scale * eps
 
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
