@@ -143,14 +143,13 @@ def guide_samples(
     Returns ``({site: (S, N, *event)}, log_weights (S, N))``.
     """
     from pvae.infer.trace import (
-        guess_max_plate_nesting,
         latent_sites,
         per_datum_log_weights,
+        probe_max_plate_nesting,
         trace_model_guide,
     )
 
-    model_trace, guide_trace = trace_model_guide(model, guide, (x[:1], *(a[:1] for a in args)))
-    nesting = max(1, guess_max_plate_nesting(model_trace, guide_trace))
+    nesting = probe_max_plate_nesting(model, guide, (x[:1], *(a[:1] for a in args)))
     samples: dict[str, list[torch.Tensor]] = {}
     weights = []
     for start in range(0, int(num_samples), sample_batch_size):

@@ -21,12 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pvae.infer.trace import guess_max_plate_nesting, per_datum_log_weights, trace_model_guide
-
-
-def _max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor, extra: tuple) -> int:
-    model_trace, guide_trace = trace_model_guide(model, guide, (x[:1], *(a[:1] for a in extra)))
-    return max(1, guess_max_plate_nesting(model_trace, guide_trace))
+from pvae.infer.trace import per_datum_log_weights, probe_max_plate_nesting, trace_model_guide
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -48,7 +43,7 @@ def log_importance_weights(
     ``x`` is one batch of data (all of it is passed to the model at once); extra positional
     ``args`` (labels, for conditional models) are passed after ``x``.
     """
-    nesting = _max_plate_nesting(model, guide, x, args)
+    nesting = probe_max_plate_nesting(model, guide, (x[:1], *(a[:1] for a in args)))
     parts = []
     for _, size in _chunks(num_samples, sample_batch_size):
         model_trace, guide_trace = trace_model_guide(

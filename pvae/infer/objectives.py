@@ -28,9 +28,9 @@ from torch.distributions import kl_divergence
 from pvae.infer.trace import (
     data_frame,
     data_scale,
-    guess_max_plate_nesting,
     latent_sites,
     per_datum_log_weights,
+    probe_max_plate_nesting,
     reduce_to_particle_data,
     scored_sites,
     site_log_prob,
@@ -61,10 +61,7 @@ class Objective:
     def max_plate_nesting(self, model: Callable, guide: Callable, args, kwargs) -> int:
         key = (model, guide)
         if key not in self._nesting:
-            with torch.no_grad():
-                model_trace, guide_trace = trace_model_guide(model, guide, args, kwargs)
-            data_frame(model_trace)  # fail early and clearly without a data plate
-            self._nesting[key] = max(1, guess_max_plate_nesting(model_trace, guide_trace))
+            self._nesting[key] = probe_max_plate_nesting(model, guide, args, kwargs)
         return self._nesting[key]
 
     def __call__(self, model, guide, *args, scale: float = 1.0, **kwargs) -> ObjectiveValue:

@@ -138,6 +138,20 @@ def trace_model_guide(
     return model_trace, guide_trace
 
 
+def probe_max_plate_nesting(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict | None = None
+) -> int:
+    """Runs the guide and the replayed model once on ``args`` (no gradients) and returns their
+    plate nesting, at least 1 (the data plate); ``ValueError`` if the model has no "data" plate.
+
+    Pass one datum (``x[:1]``) when only the nesting is wanted: it is the same for any batch.
+    """
+    with torch.no_grad():
+        model_trace, guide_trace = trace_model_guide(model, guide, args, kwargs)
+    data_frame(model_trace)  # fail early and clearly without a data plate
+    return max(1, guess_max_plate_nesting(model_trace, guide_trace))
+
+
 def site_log_prob(site: dict[str, Any], value: torch.Tensor | None = None) -> torch.Tensor:
     """Unscaled log-density of a site at its value (or ``value``), masked like Pyro does."""
     log_p = site["fn"].log_prob(site["value"] if value is None else value)
