@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--architecture", default=None, help="mlp or conv (vae only)")
     train.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_model_option,
+        help="any other constructor argument of the model, VALUE read as JSON (else a string); "
+        "repeatable, e.g. --model-option beta=4 --model-option free_bits=0.5",
+    )
+    train.add_argument(
         "--objective",
         default="elbo",
         choices=["elbo", "iwae", "dreg"],
@@ -220,13 +229,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- train ------------------------------------------------------------------------------------
+_MODEL_FLAGS = ("latent_dim", "hidden", "activation", "likelihood", "architecture")
+
+
 def _model_config(args: argparse.Namespace, input_shape: tuple[int, ...]) -> dict[str, Any]:
     config: dict[str, Any] = {"input_shape": list(input_shape)}
-    for key in ("latent_dim", "hidden", "activation", "likelihood", "architecture"):
+    for key in _MODEL_FLAGS:
         value = getattr(args, key)
         if value is not None:
             config[key] = value
+    for key, value in args.model_option:
+        if key == "input_shape":
+            raise CLIError("--model-option input_shape=...: the dataset sets the input shape")
+        if key in _MODEL_FLAGS:
+            flag = "--" + key.replace("_", "-")
+            raise CLIError(f"--model-option {key}=...: set {key} with its own flag, {flag}")
+        config[key] = value
     return config
+
+
+def _model_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(key, value)``; VALUE is parsed as JSON when it is JSON."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
 
 
 def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
@@ -319,8 +350,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         def report_epoch(record: dict) -> None:
             if progress:
-                valid_text = (
-                    f", valid ELBO {record['valid_elbo']:.2f}" if "valid_elbo" in record else ""
+                valid_text = "".join(
+                    f", {key.replace('_', ' ')} {value:.{4 if 'accuracy' in key else 2}f}"
+                    for key, value in record.items()
+                    if key.startswith("valid_")
+                    and not (key == "valid_bound" and record.get("valid_elbo") == value)
                 )
                 print(
                     f"epoch {record['epoch']}: train bound {record['train_bound']:.2f}{valid_text} "
@@ -335,10 +369,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             num_particles=args.num_particles,
         )
         # A model that needs its own data stream or objective (M2: labelled and unlabelled
-        # batches, y enumerated) says so through training_setup(train, num_labels=, seed=).
+        # batches, y enumerated) says so through training_setup(train, valid=, num_labels=,
+        # seed=).
         training_setup = getattr(model, "training_setup", None)
         if training_setup is not None:
-            fit_kwargs.update(training_setup(train, num_labels=args.num_labels, seed=args.seed))
+            fit_kwargs.update(
+                training_setup(train, valid=valid, num_labels=args.num_labels, seed=args.seed)
+            )
         result = fit(
             model.model,
             model.guide,
@@ -365,6 +402,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = {
             "history": result.history,
             "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid,
             "stopped_early": result.stopped_early,
             "test_nll": -estimate.mean,
             "test_nll_stderr": estimate.stderr,
@@ -447,7 +485,13 @@ def _write_figures_and_report(
         ),
         f"| best epoch (validation) | {metrics['best_epoch']} of {last['epoch']} |",
         f"| train bound, last epoch (nats per image) | {last['train_bound']:.2f} |",
-        f"| valid ELBO, last epoch | {last.get('valid_elbo', float('nan')):.2f} |",
+        f"| valid ELBO, last epoch | "
+        f"{last.get('valid_elbo', last.get('valid_bound', float('nan'))):.2f} |",
+        *(
+            [f"| valid accuracy, best epoch | {metrics['best_valid']:.4f} |"]
+            if "valid_accuracy" in last and metrics.get("best_valid") is not None
+            else []
+        ),
         f"| objective | {config['objective']} (K={config['num_particles']}) |",
         f"| latent | {json.dumps(config['model_config'])} |",
         f"| training time | {metrics['train_wall_time']:.0f} s |",

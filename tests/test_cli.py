@@ -457,3 +457,37 @@ def test_every_registered_model_trains_and_evaluates_from_the_cli(name, tmp_path
     )
     assert code == 0, err
     assert "test NLL" in stdout
+
+
+# -- model options --------------------------------------------------------------------------------
+def test_model_options_reach_the_model_and_its_config(tmp_path, capsys) -> None:
+    out = tmp_path / "beta"
+    argv = ["train", *TINY, "--model-option", "beta=2.5", "--model-option", "free_bits=0.1"]
+    code, _, err = run_cli([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())["model_config"]
+    assert saved["beta"] == 2.5 and saved["free_bits"] == 0.1
+    # The evaluator rebuilds the model from that config.
+    code, stdout, err = run_cli(
+        ["evaluate", str(out), "--eval-size", "10", "--eval-samples", "5", "--no-progress"], capsys
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("beta=-1", "beta must be a positive number"),
+        ("no_such_option=3", "bad options for model 'vae'"),
+        ("latent_dim=3", "set latent_dim with its own flag"),
+    ],
+)
+def test_bad_model_options_are_one_line_errors(option, message, tmp_path, capsys) -> None:
+    argv = ["train", *TINY, "--model-option", option, "--out", str(tmp_path / "run")]
+    expect_error(argv, capsys, message)
+
+
+def test_model_option_needs_key_equals_value(capsys) -> None:
+    code, _, err = run_cli(["train", "--model-option", "beta"], capsys)
+    assert code == EXIT_USAGE
+    assert "expected KEY=VALUE" in err

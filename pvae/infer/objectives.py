@@ -307,7 +307,12 @@ class PyroObjective(Objective):
             with data_scale(scale):
                 return guide(*a, **k)
 
-        loss = self.elbo.differentiable_loss(scaled_model, scaled_guide, *args, **kwargs)
+        if torch.is_grad_enabled():
+            loss = self.elbo.differentiable_loss(scaled_model, scaled_guide, *args, **kwargs)
+        else:
+            # Validation and probes: some ELBOs (TraceEnum_ELBO) refuse differentiable_loss
+            # when nothing requires grad.
+            loss = torch.as_tensor(self.elbo.loss(scaled_model, scaled_guide, *args, **kwargs))
         return ObjectiveValue(loss=loss, bound=-loss.detach() / scale)
 
 

@@ -32,7 +32,7 @@ from pvae.infer.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pvae.infer.objectives import ELBO, Objective, make_objective
+from pvae.infer.objectives import ELBO, Objective, PyroObjective, make_objective
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -60,6 +60,9 @@ class TrainConfig:
     device: str = "cpu"
     checkpoint_every: int | None = None  # steps; None: only at the end of each epoch
     valid_particles: int | None = None  # K for the validation bound (default: the objective's)
+    # The epoch record's key (higher is better) that picks checkpoint_best.pt and drives early
+    # stopping: "valid_bound", or a key that fit's valid_metrics returns ("valid_accuracy").
+    monitor: str = "valid_bound"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -189,6 +192,7 @@ def fit(
     param_state: StateDict | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    valid_metrics: Callable[[], dict[str, float]] | None = None,
     **config_overrides: Any,
 ) -> FitResult:
     """Trains ``model``/``guide`` on ``train_data`` and returns a :class:`FitResult`.
@@ -200,8 +204,9 @@ def fit(
             ``param_state`` (a fresh, private store by default: see ``FitResult.params``).
         train_data: a pvae dataset (with ``.batches``), a tensor of data, or a re-iterable of
             batches (a ``DataLoader``), with a length.
-        valid_data: the same kinds; evaluated after every epoch (ELBO, and the training
-            bound when it differs).
+        valid_data: the same kinds; evaluated after every epoch: ``valid_elbo`` and the
+            training bound ``valid_bound`` with pvae's objectives; with a Pyro ``ELBO`` (which
+            may enumerate discrete sites) only ``valid_bound``, that ELBO's value.
         objective: ``"elbo"``, ``"iwae"``, ``"dreg"``, a pvae ``Objective`` or a Pyro ``ELBO``.
         num_particles: K for ``"iwae"``/``"dreg"``; particles averaged by ``"elbo"``.
         config: a :class:`TrainConfig`; keyword arguments override its fields.
@@ -210,11 +215,23 @@ def fit(
         resume: continue from ``checkpoint_dir/checkpoint_last.pt`` if it exists.
         batch_args: maps a batch to the model's positional arguments (default: ``(x,)``; for a
             model object with a ``batch_args`` method, that method).
+        on_epoch_end: called with each epoch's record (after its checkpoint is written).
+        valid_metrics: called without gradients after every epoch; the numbers it returns
+            (``{"valid_accuracy": ...}``) join the epoch's record, where ``config.monitor``
+            can select them for the best checkpoint and early stopping.
+
+    The best checkpoint and early stopping follow ``config.monitor`` (default
+    ``"valid_bound"``), when the record has it.
     """
     config = config or TrainConfig()
     if config_overrides:
         config = TrainConfig(**{**asdict(config), **config_overrides})
     objective = make_objective(objective, num_particles)
+    if config.monitor != "valid_bound" and valid_metrics is None:
+        raise ValueError(
+            f"monitor={config.monitor!r} needs valid_metrics returning it (the validation "
+            "bound is 'valid_bound')"
+        )
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
@@ -370,10 +387,19 @@ def fit(
                 record.update(
                     _validate(model, guide, valid_data, objective, config, batch_args, device)
                 )
+            if valid_metrics is not None:
+                with torch.no_grad():
+                    record.update({k: float(v) for k, v in valid_metrics().items()})
             result.history.append(record)
-            if valid_data is not None:
-                if result.best_valid is None or record["valid_bound"] > result.best_valid:
-                    result.best_valid, result.best_epoch = record["valid_bound"], epoch + 1
+            monitored = record.get(config.monitor)
+            if monitored is None and (valid_data is not None or valid_metrics is not None):
+                raise ValueError(
+                    f"monitor={config.monitor!r} is not in the epoch record "
+                    f"(keys: {', '.join(sorted(record))})"
+                )
+            if monitored is not None:
+                if result.best_valid is None or monitored > result.best_valid:
+                    result.best_valid, result.best_epoch = monitored, epoch + 1
                     bad_epochs = 0
                     checkpoint(epoch + 1, 0, BEST)
                 else:
@@ -445,7 +471,8 @@ def _load_state(payload: dict, modules, optimizer, scheduler) -> None:
 
 @torch.no_grad()
 def _validate(model, guide, data, objective, config, batch_args, device) -> dict[str, float]:
-    elbo = ELBO()
+    # A Pyro ELBO may enumerate discrete sites, which pvae's ELBO refuses: validate with it.
+    elbo = None if isinstance(objective, PyroObjective) else ELBO()
     use_training_bound = not (isinstance(objective, ELBO) and objective.num_particles == 1)
     totals = {"valid_elbo": 0.0, "valid_bound": 0.0}
     seen = 0
@@ -453,13 +480,16 @@ def _validate(model, guide, data, objective, config, batch_args, device) -> dict
     for batch in _iterate(data, config.batch_size, False, generator):
         batch = _to_device(batch, device)
         args = batch_args(batch)
-        totals["valid_elbo"] += float(elbo(model, guide, *args).bound)
+        if elbo is not None:
+            totals["valid_elbo"] += float(elbo(model, guide, *args).bound)
         if use_training_bound:
             beta, objective.beta = objective.beta, 1.0
             totals["valid_bound"] += float(objective(model, guide, *args).bound)
             objective.beta = beta
         seen += _batch_len(batch)
     record = {k: v / max(seen, 1) for k, v in totals.items()}
-    if not use_training_bound:
+    if elbo is None:
+        del record["valid_elbo"]
+    elif not use_training_bound:
         record["valid_bound"] = record["valid_elbo"]
     return record

@@ -1,6 +1,5 @@
 """pvae's models: each a ``PyroModule`` with ``model(x)`` and ``guide(x)``, registered by name."""
 
-from pvae.models.beta_vae import BetaVAE
 from pvae.models.cvae import CVAE
 from pvae.models.iaf import IAFVAE
 from pvae.models.m2 import M2
@@ -18,7 +17,6 @@ __all__ = [
     "build_model",
     "get_model_class",
     "register_model",
-    "BetaVAE",
     "CVAE",
     "IAFVAE",
     "HypersphericalVAE",

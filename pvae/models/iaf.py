@@ -80,7 +80,10 @@ class IAFVAE(VAE):
         if flow_hidden is None:
             flow_hidden = [max(32, 2 * int(latent_dim))] * 2
         flow_hidden = [int(h) for h in flow_hidden]
-        del self.config["architecture"]
+        # The IAF guide is not Gaussian, so the VAE's beta and free bits (analytic Gaussian KL
+        # per dimension) do not apply; they stay at 1 and 0 and out of the config.
+        for key in ("architecture", "beta", "free_bits"):
+            del self.config[key]
         self.config.update(num_flows=int(num_flows), flow_hidden=flow_hidden, stable=bool(stable))
         context_dim = int(list(hidden)[-1])
         self.flows = nn.ModuleList(

@@ -23,8 +23,9 @@ an observed site ``"y_aux" ~ q(y | x)`` scaled by ``alpha``, so the training bou
 batch is ``ELBO(x, y) + alpha * log q(y | x)`` (with pvae's minibatch scaling N/B applied to it
 like to every site in the data plate). Train with :func:`fit_m2`, i.e. ``fit(m.model, m.guide, data, objective=SemiSupervisedELBO())``
 (``TraceEnum_ELBO(max_plate_nesting=1)`` on unlabelled batches, ``Trace_ELBO`` on labelled
-ones; ``TraceEnum_ELBO`` alone works too but warns on labelled batches). ``fit``'s ``valid_data`` cannot be used: its validation ELBO requires
-reparameterized guide sites.
+ones; ``TraceEnum_ELBO`` alone works too but warns on labelled batches). ``fit`` validates with
+that same objective; :meth:`M2.training_setup` adds the validation accuracy of q(y | x) and
+selects the best epoch by it.
 
 References:
     [1] Kingma, Rezende, Mohamed, Welling. Semi-Supervised Learning with Deep Generative Models.
@@ -152,15 +153,42 @@ class M2(StandardNormalPrior):
         """Logits of q(y | x), ``(B, C)``."""
         return self.classifier(self._flat(x))
 
-    def training_setup(self, train: Any, *, num_labels: int = 100, seed: int = 0) -> dict:
+    def training_setup(
+        self, train: Any, *, valid: Any = None, num_labels: int = 100, seed: int = 0
+    ) -> dict:
         """``fit`` arguments for ``pvae train --model m2``: ``num_labels`` labelled images
-        (balanced, drawn with ``seed``) among the unlabelled rest, :class:`SemiSupervisedELBO`,
-        and no ``valid_data`` (its ELBO needs reparameterized guide sites)."""
-        return dict(
+        (balanced, drawn with ``seed``) among the unlabelled rest and :class:`SemiSupervisedELBO`.
+
+        With a labelled ``valid`` set, every epoch records ``valid_bound`` (the bound on
+        log p(x), y summed out, on its images without labels) and ``valid_accuracy`` of
+        q(y | x), and the best checkpoint and early stopping follow ``valid_accuracy``: model
+        selection on labelled validation data, as in Pyro's SS-VAE example (which reports the
+        test accuracy at the best validation accuracy). Pass ``valid=None`` for a run that sees
+        no labels beyond its ``num_labels``.
+        """
+        from pvae.data.images import ImageDataset
+
+        setup: dict[str, Any] = dict(
             train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
             objective=SemiSupervisedELBO(),
             valid_data=None,
         )
+        if valid is not None:
+            x_valid, y_valid = next(iter(valid.batches(len(valid), shuffle=False)))
+            setup["valid_data"] = ImageDataset(
+                valid.images,
+                torch.full_like(valid.labels, UNLABELLED),
+                binarize=valid.binarize,
+                name=valid.name,
+            )
+
+            def valid_accuracy() -> dict[str, float]:
+                x, y = x_valid.to(self.prior_loc.device), y_valid.to(self.prior_loc.device)
+                return {"valid_accuracy": float((self.classify(x) == y).float().mean())}
+
+            setup["valid_metrics"] = valid_accuracy
+            setup["monitor"] = "valid_accuracy"
+        return setup
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ _REGISTRY: dict[str, type] = {}
 _BUILTIN_MODULES = (
     "pvae.models.vae",
     "pvae.models.two_layer",
-    "pvae.models.beta_vae",
     "pvae.models.cvae",
     "pvae.models.iaf",
     "pvae.models.svae",

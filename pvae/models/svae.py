@@ -13,6 +13,11 @@ uses it analytically; the vMF's ``rsample`` is reparameterized in both mu and ka
 
 Architecture (authors' code): encoder 784-256-128 and decoder d-128-256-784, ReLU.
 
+Degrees of freedom: ``S^(d-1)`` has d - 1 of them, one fewer than a Gaussian ``R^d``. The
+authors' code compares a Gaussian VAE of ``z_dim`` dimensions with a vMF VAE of ``z_dim + 1``
+(the sphere ``S^z_dim``), so use ``latent_dim = D + 1`` beside a D-dimensional Gaussian VAE;
+``benchmarks/svae_sweep.py`` does.
+
 References:
     [1] Davidson, Falorsi, De Cao, Kipf, Tomczak. Hyperspherical Variational Auto-Encoders.
         UAI 2018. arXiv:1804.00891
@@ -42,7 +47,7 @@ class HypersphericalVAE(ImageModel):
     Args:
         input_shape: shape of one datum, default ``(1, 28, 28)``.
         latent_dim: d, the ambient dimension of the sphere (``>= 2``; ``d = 3`` is the
-            2-sphere).
+            2-sphere, with as many degrees of freedom as a 2-dimensional Gaussian latent).
         hidden: encoder hidden sizes, default ``(256, 128)``; the decoder mirrors them.
         activation: default ``relu``.
         likelihood: as for :class:`~pvae.models.vae.VAE`.

@@ -10,20 +10,50 @@ Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``.
 Train it with the ELBO [1] or, as the same network, with the importance-weighted bound [2]
 (``pvae.infer.fit(..., objective="iwae")``).
 
+Two standard answers to posterior collapse are options of the same model:
+
+- ``beta`` [3] weights the KL term, ``E_q[log p(x | z)] - beta * KL(q(z | x) || p(z))``:
+  ``poutine.scale(beta)`` wraps the latent site in both the model and the guide, so pvae's
+  analytic-KL ELBO, its Monte Carlo ELBO and Pyro's ELBOs all weight the KL by beta.
+- ``free_bits`` [4] (Eq. 15) floors the KL of every latent dimension j at lambda, with
+  ``KL_j`` the minibatch average of the analytic per-dimension KL::
+
+      L_fb = E_q[log p(x | z)] - beta * sum_j max(lambda, mean_{n in M} KL_nj)
+           = ELBO_beta - beta * sum_j max(0, lambda - mean_{n in M} KL_nj)
+
+  The second term is a ``pyro.factor("free_bits", ...)`` site in the model whose value is a
+  *zero-valued surrogate* ``c - stop_grad(c)``: reported bounds, validation ELBOs and
+  importance-sampled log-likelihoods stay those of the beta-VAE (evaluation is not biased by
+  a batch-dependent term), while its gradient is exactly the free-bits gradient: below the
+  floor it cancels the KL's gradient, so the encoder is not pushed to close those dimensions.
+  The cancellation is exact with the analytic-KL ELBO (pvae's default ``"elbo"``) and holds
+  in expectation with Monte Carlo KL estimates.
+
+``log_likelihood`` scores sites without their scale, so it estimates ``log p(x)`` for any
+beta.
+
 References:
     [1] Kingma, Welling. Auto-Encoding Variational Bayes. ICLR 2014. arXiv:1312.6114
     [2] Burda, Grosse, Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
         arXiv:1509.00519
+    [3] Higgins et al. beta-VAE: Learning Basic Visual Concepts with a Constrained Variational
+        Framework. ICLR 2017. https://openreview.net/forum?id=Sy2fzU9gl
+    [4] Kingma, Salimans, Jozefowicz, Chen, Sutskever, Welling. Improving Variational Inference
+        with Inverse Autoregressive Flow. NeurIPS 2016. arXiv:1606.04934
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
+from torch.nn import functional as F
 
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
@@ -102,6 +132,12 @@ class VAE(StandardNormalPrior):
         activation: ``relu`` (default), ``tanh``, ``elu`` or ``softplus``.
         likelihood: ``bernoulli`` (default), ``continuous_bernoulli`` or ``gaussian``.
         architecture: ``mlp`` (default) or ``conv`` (28x28 single-channel images only).
+        beta: weight of the KL term, ``> 0`` (default 1, the plain VAE; ``> 1`` is the
+            beta-VAE [3]).
+        free_bits: lambda, the per-dimension KL floor in nats, ``>= 0`` (default 0: off).
+
+    Shapes: ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(B, *input_shape)``; the
+    latent site ``"z"`` has shape ``(B, latent_dim)``.
     """
 
     def __init__(
@@ -112,11 +148,18 @@ class VAE(StandardNormalPrior):
         activation: str = "relu",
         likelihood: str = "bernoulli",
         architecture: str = "mlp",
+        beta: float = 1.0,
+        free_bits: float = 0.0,
     ) -> None:
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
         if int(latent_dim) < 1:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        beta, free_bits = float(beta), float(free_bits)
+        if not (beta > 0 and math.isfinite(beta)):
+            raise ValueError(f"beta must be a positive number, got {beta}")
+        if not (free_bits >= 0 and math.isfinite(free_bits)):
+            raise ValueError(f"free_bits must be a non-negative number of nats, got {free_bits}")
         if architecture not in ("mlp", "conv"):
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {architecture!r}")
         if architecture == "conv" and input_shape != (1, 28, 28):
@@ -130,7 +173,11 @@ class VAE(StandardNormalPrior):
             activation=activation,
             likelihood=likelihood,
             architecture=architecture,
+            beta=beta,
+            free_bits=free_bits,
         )
+        self.beta = beta
+        self.free_bits = free_bits
         self.latent_dim = int(latent_dim)
         self.input_shape = input_shape
         pixels = numel(input_shape)
@@ -160,17 +207,37 @@ class VAE(StandardNormalPrior):
         last = self.decoder[-1] if isinstance(self.decoder, torch.nn.Sequential) else None
         return last.bias if isinstance(last, torch.nn.Linear) else None
 
+    def free_bits_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """``c - stop_grad(c)`` with ``c = -sum_j max(0, lambda - mean_n KL_nj)``: shape ``(B,)``.
+
+        The value is zero; the gradient (per datum, before the data plate's N/B scaling) is the
+        free-bits correction divided by B, so the B data of the plate add up to one correction.
+        """
+        loc, scale = self.encode(x)
+        # Analytic KL(N(mu, sigma^2) || N(0, 1)) per datum and dimension, shape (B, D).
+        kl = 0.5 * (loc**2 + scale**2 - 1.0) - torch.log(scale)
+        correction = -F.relu(self.free_bits - kl.mean(0)).sum()
+        zero_valued = correction - correction.detach()
+        return zero_valued.expand(x.shape[0])
+
+    def _kl_weight(self) -> contextlib.AbstractContextManager:
+        """``poutine.scale(beta)`` around the latent site, or nothing when ``beta == 1``."""
+        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
-        """p(x, z) = p(z) p(x | z); ``x`` of shape ``(B, *input_shape)``."""
+        """p(x, z) = p(z) p(x | z), the latent term weighted by beta; ``x``: ``(B, *input_shape)``."""
         self._check_input(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior())
+            with self._kl_weight():
+                z = pyro.sample("z", self.prior())
+                if self.free_bits > 0:
+                    pyro.factor("free_bits", self.free_bits_surrogate(x))
             pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) = Normal(mu(x), diag sigma(x)^2)."""
+        """q(z | x) = Normal(mu(x), diag sigma(x)^2), its log-density weighted by beta."""
         self._check_input(x)
         loc, scale = self.encode(x)
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), self._kl_weight():
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
