@@ -397,6 +397,41 @@ def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist):
 # -- end to end ----------------------------------------------------------------------------
 
 
+END_TO_END = [c for c in CASES if not (c.name == "m2" and c.args is _labelled)]
+
+
+@pytest.mark.parametrize("case", END_TO_END, ids=[c.name for c in END_TO_END])
+def test_short_training_beats_the_independent_pixel_model(case, mnist):
+    """Each variant trained for 15 epochs on 300 images (a few seconds) must model 100 held-out
+    images better than the independent-Bernoulli-pixel model fitted to the same 300 images
+    (about 202 nats): by more than 10 nats per image on average, and by more than 5 standard
+    errors of that paired difference. (Measured when written: 24 to 48 nats, s.e. 1.8 to 2.6.)
+    """
+    from pvae.data.images import ImageDataset
+    from pvae.infer.train import fit
+
+    images, labels = mnist
+    train = ImageDataset(images[:300], labels[:300], binarize=None)
+    x_test, y_test = images[400:500], labels[400:500]
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    options = {**SMALL, "latent_dim": 8, "hidden": [128], **case.options}
+    model = build_model(case.name, **options)
+    model.initialize_output_bias(train.images.mean(0))
+    if hasattr(model, "training_setup"):
+        fit_kwargs = model.training_setup(train, num_labels=50, seed=0)
+    else:
+        fit_kwargs = {"train_data": train}
+    fit(model.model, model.guide, **fit_kwargs, epochs=15, batch_size=50, lr=3e-3, progress=False)
+    args = model.eval_args(x_test, y_test) if hasattr(model, "eval_args") else (x_test,)
+    nll = -log_likelihood(model.model, model.guide, *args, num_samples=50)
+    p = train.images.mean(0).clamp(1e-3, 1 - 1e-3)
+    independent = -(x_test * p.log() + (1 - x_test) * (-p).log1p()).flatten(1).sum(-1)
+    improvement = independent - nll
+    stderr = improvement.std() / math.sqrt(len(improvement))
+    assert improvement.mean() > max(10.0, 5 * stderr), (float(improvement.mean()), float(stderr))
+
+
 @pytest.mark.slow
 def test_zoo_benchmark_runs_in_its_smoke_setting(data_dir):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo.py"
