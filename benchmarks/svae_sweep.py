@@ -113,13 +113,15 @@ def main() -> None:
         f"--eval-size {args.eval_size} --threads {args.threads} "
         f"--svae-extra-dim {args.svae_extra_dim}"
     )
+    extra = args.svae_extra_dim - 1
+    sphere = "S^d" if extra == 0 else f"S^(d{extra:+d})"
     text = (
         "# N-VAE vs S-VAE over the latent dimension (Davidson et al. 2018, Table 1)\n\n"
         f"Command: `{command}`\n\n"
         f"Budget: {args.train_size} dynamically binarized MNIST training images, {args.epochs} "
         "epochs, batch 64, Adam 1e-3; encoder 784-256-128 and mirrored decoder, ReLU (the "
         f"paper's architecture). The S-VAE of row d has latent_dim = d + {args.svae_extra_dim}, "
-        f"the sphere S^(d{args.svae_extra_dim - 1:+d}) (the authors' code compares R^d with S^d). "
+        f"the sphere {sphere} (the authors' code compares R^d with S^d). "
         "Test: log-likelihood by importance sampling with "
         f"K={args.eval_samples} on {args.eval_size} statically binarized test images; ELBO with "
         "one sample (analytic KL). The paper trains on the full training set to convergence, so "
