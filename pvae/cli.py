@@ -34,6 +34,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# pvae diagnose sizes: flag -> (default, with --quick, help).
+_DIAGNOSE_SIZES = {
+    "--num-data": (100, 20, "test images to diagnose"),
+    "--num-samples": (1000, 200, "importance samples per datum"),
+    "--ais-steps": (500, 100, "AIS intermediate distributions"),
+    "--ais-chains": (8, 4, "AIS chains per datum"),
+    "--bdmc-data": (20, 5, "simulated data for BDMC"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pvae",
@@ -206,20 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose.add_argument("run_dir", help="a run folder written by `pvae train`")
     diagnose.add_argument(
-        "--num-data", type=_positive_int, default=100, help="test images to diagnose"
+        "--quick",
+        action="store_true",
+        help="a first look in seconds to a minute on a CPU: the --quick column of the sizes "
+        "below (sizes given explicitly still win)",
     )
-    diagnose.add_argument(
-        "--num-samples", type=_positive_int, default=1000, help="importance samples per datum"
-    )
-    diagnose.add_argument(
-        "--ais-steps", type=_positive_int, default=500, help="AIS intermediate distributions"
-    )
-    diagnose.add_argument(
-        "--ais-chains", type=_positive_int, default=8, help="AIS chains per datum"
-    )
-    diagnose.add_argument(
-        "--bdmc-data", type=_positive_int, default=20, help="simulated data for BDMC"
-    )
+    for flag, (full, quick, text) in _DIAGNOSE_SIZES.items():
+        diagnose.add_argument(
+            flag,
+            type=_positive_int,
+            default=None,
+            help=f"{text} (default {full}; {quick} with --quick)",
+        )
     diagnose.add_argument(
         "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint"
     )
@@ -571,15 +579,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The sizes of ``pvae diagnose``: given flags, else the ``--quick`` or the full defaults."""
+    sizes = {}
+    for flag, (full, quick, _) in _DIAGNOSE_SIZES.items():
+        name = flag[2:].replace("-", "_")
+        given = getattr(args, name)
+        sizes[name] = given if given is not None else (quick if args.quick else full)
+    if sizes["num_samples"] < 50:
+        # PSIS fits a Pareto tail to the largest ~3 sqrt(S) weights of each datum.
+        raise CLIError(f"--num-samples must be >= 50 for PSIS k-hat, got {sizes['num_samples']}")
+    return sizes
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from pvae.data import load_dataset
     from pvae.diagnose import diagnose_run
 
+    sizes = _diagnose_sizes(args)
     model, config = _load(args.run_dir, args.checkpoint)
     test = load_dataset(
         config["dataset"],
         "test",
-        size=args.num_data,
+        size=sizes["num_data"],
         size_seed=args.seed,
         progress=not args.no_progress,
     )
@@ -588,10 +610,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         _eval_tensor(test),
         test.labels,
         Path(args.run_dir),
-        num_samples=args.num_samples,
-        ais_steps=args.ais_steps,
-        ais_chains=args.ais_chains,
-        bdmc_data=args.bdmc_data,
+        num_samples=sizes["num_samples"],
+        ais_steps=sizes["ais_steps"],
+        ais_chains=sizes["ais_chains"],
+        bdmc_data=sizes["bdmc_data"],
         seed=args.seed,
         progress=not args.no_progress,
     )

@@ -492,3 +492,41 @@ def test_model_option_needs_key_equals_value(capsys) -> None:
     code, _, err = run_cli(["train", "--model-option", "beta"], capsys)
     assert code == EXIT_USAGE
     assert "expected KEY=VALUE" in err
+
+
+# -- diagnose ------------------------------------------------------------------------------------
+def test_diagnose_writes_its_files_and_report_section(run_copy: Path, capsys) -> None:
+    argv = ["diagnose", str(run_copy), "--num-data", "4", "--num-samples", "50"]
+    argv += ["--ais-steps", "5", "--ais-chains", "2", "--bdmc-data", "2", "--no-progress"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    saved = json.loads((run_copy / "diagnostics.json").read_text())
+    assert saved["num_data"] == 4
+    assert json.loads(stdout)["num_data"] == 4
+    report = (run_copy / "report.md").read_text()
+    assert report.count("## Diagnostics (`pvae diagnose`)") == 1
+    # Running it again replaces the section instead of appending a second one.
+    assert run_cli(argv, capsys)[0] == 0
+    assert (run_copy / "report.md").read_text().count("## Diagnostics (`pvae diagnose`)") == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], {"num_data": 100, "num_samples": 1000, "ais_steps": 500}),
+        (["--quick"], {"num_data": 20, "num_samples": 200, "ais_steps": 100}),
+        (["--quick", "--num-data", "7"], {"num_data": 7, "num_samples": 200, "ais_steps": 100}),
+    ],
+    ids=["defaults", "quick", "explicit-wins"],
+)
+def test_diagnose_sizes(extra: list[str], expected: dict) -> None:
+    from pvae.cli import _diagnose_sizes
+
+    args = build_parser().parse_args(["diagnose", "run", *extra])
+    sizes = _diagnose_sizes(args)
+    assert {k: sizes[k] for k in expected} == expected
+
+
+def test_diagnose_needs_enough_samples_for_psis(run_copy: Path, capsys) -> None:
+    argv = ["diagnose", str(run_copy), "--num-samples", "20", "--no-progress"]
+    expect_error(argv, capsys, "--num-samples must be >= 50")
