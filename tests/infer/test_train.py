@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -325,3 +327,27 @@ def test_pyro_elbo_with_enumeration_validates_with_that_elbo():
         expected = -elbo.loss(model, guide, valid) / len(valid)
     assert last["valid_bound"] == pytest.approx(expected, rel=1e-6)
     assert result.best_epoch is not None
+
+
+def test_argument_validation_checks_the_first_batch_always_and_later_ones_on_request():
+    """fit's probe validates the first batch; later steps validate only with validate_args."""
+
+    def model(x):
+        rate = pyro.param("rate", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Poisson(rate), obs=x)
+
+    def guide(x):
+        pass
+
+    counts = torch.poisson(torch.full((64,), 3.0), generator=torch.Generator().manual_seed(0))
+    halves = counts.clone()
+    halves[32:] += 0.5  # outside a Poisson's support, in the second (unshuffled) half only
+    options = dict(epochs=1, batch_size=32, progress=False)
+    # Unchecked after the first batch: Poisson.log_prob of 3.5 is a finite number.
+    result = fit(model, guide, halves, **options)
+    assert math.isfinite(result.history[-1]["train_bound"])
+    with pytest.raises(ValueError, match="support"):
+        fit(model, guide, halves, validate_args=True, **options)
+    with pytest.raises(ValueError, match="support"):  # the first batch: always checked
+        fit(model, guide, halves.flip(0), **options)
