@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
+        "--validate-args",
+        action="store_true",
+        help="check distribution arguments at every step (slower; the first batch is always "
+        "checked)",
+    )
+    train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"
     )
     train.add_argument(
@@ -277,6 +283,7 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         clip_norm=args.clip_norm,
         kl_anneal_epochs=args.kl_anneal,
         early_stopping_patience=args.patience,
+        validate_args=args.validate_args,
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
