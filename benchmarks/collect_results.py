@@ -6,7 +6,16 @@ this script only concatenates them, in a fixed order. Usage: ``python benchmarks
 
 from pathlib import Path
 
-ORDER = ["throughput", "mnist_nll", "distributions", "zoo", "svae_sweep", "diagnostics"]
+ORDER = [
+    "throughput",
+    "mnist_nll",
+    "distributions",
+    "zoo",
+    "svae_sweep",
+    "svae_sweep_30_epochs",
+    "m2_accuracy",
+    "diagnostics",
+]
 
 
 def main() -> None:
