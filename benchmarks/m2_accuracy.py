@@ -139,7 +139,8 @@ def write_results(args: argparse.Namespace, argv: list[str] | None, runs: list[d
         "test images; the test accuracy is read at the epoch of best validation accuracy, as "
         "Pyro's example does (model selection that uses the 10,000 validation labels). "
         f"References: Pyro's tutorial {PYRO_ACCURACY:.4f} (its example: 50 epochs on 50,000 "
-        "grey-level images, each labelled batch seen once an epoch); Kingma et al. 2014, M2 alone, {KINGMA_ACCURACY:.4f} (11.97% +- 1.71 error).",
+        "grey-level images, each labelled batch seen once an epoch); Kingma et al. 2014, M2 "
+        f"alone, {KINGMA_ACCURACY:.4f} (11.97% +- 1.71 error).",
         "",
         "| alpha | best epoch | valid acc. (best) | test acc. at best | test acc., last epoch "
         "| Pyro | gap | train s |",

@@ -136,10 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
-        "--validate-args",
-        action="store_true",
-        help="check distribution arguments at every step (slower; the first batch is always "
-        "checked)",
+        "--no-validate-args",
+        dest="validate_args",
+        action="store_const",
+        const=False,
+        default=None,
+        help="check distribution arguments and observed values on the first batch only, not "
+        "at every step",
     )
     train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"

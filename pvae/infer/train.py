@@ -9,6 +9,7 @@ killed run resumes bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -63,11 +64,12 @@ class TrainConfig:
     # The epoch record's key (higher is better) that picks checkpoint_best.pt and drives early
     # stopping: "valid_bound", or a key that fit's valid_metrics returns ("valid_accuracy").
     monitor: str = "valid_bound"
-    # Check distribution arguments and observed values (torch's validate_args) at every step.
-    # fit always checks the first batch (its probe step); after that, checking costs about
-    # 20% of a step on the 784-400-50 VAE (benchmarks/throughput.py), and a run that
-    # diverges is still stopped by the non-finite loss check.
-    validate_args: bool = False
+    # Check distribution arguments and observed values (torch's validate_args) at every step:
+    # None follows the global setting (Pyro's default: on), True/False force it for the run.
+    # The first batch (fit's probe step) is always checked with the global setting. Checking
+    # cost nothing measurable on the 784-400-50 VAE (benchmarks/throughput.py); it can matter
+    # for distributions with expensive support checks.
+    validate_args: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -328,7 +330,12 @@ def fit(
 
         bad_epochs = 0
         # The probe above checked the first batch with the global setting (Pyro's default: on).
-        with pyro.validation_enabled(config.validate_args):
+        validation = (
+            contextlib.nullcontext()
+            if config.validate_args is None
+            else pyro.validation_enabled(config.validate_args)
+        )
+        with validation:
             for epoch in range(start_epoch, config.epochs):
                 if skip_steps and epoch_start_generator is not None:
                     # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
