@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"M2 test accuracy with {args.labels} labels (10,000 test images): "
             f"{accuracy:.4f}; Pyro's SS-VAE tutorial: {M2_PAPER_ACCURACY:.4f} "
-            f"(gap {accuracy - M2_PAPER_ACCURACY:+.4f}; the tutorial trains on 60,000 images).",
+            f"(gap {accuracy - M2_PAPER_ACCURACY:+.4f}; the tutorial trains on 50,000 images).",
         ]
     text = "\n".join(lines) + "\n"
     print(text)
