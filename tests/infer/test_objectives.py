@@ -126,6 +126,24 @@ def test_dreg_is_unbiased_and_less_noisy_than_iwae(lg):
     assert dreg.var(0).sum() < standard.var(0).sum()
 
 
+def test_dreg_single_site_shortcut_matches_the_general_path(lg, monkeypatch):
+    """One latent site: DReG scores it from the first guide trace instead of re-running the
+    guide twice; with the same random draws the loss and gradients must be the same."""
+    import pvae.infer.objectives as objectives
+
+    x = lg.data(8)
+    results = []
+    for reuse in (True, False):
+        monkeypatch.setattr(objectives, "_REUSE_SINGLE_SITE_TRACE", reuse)
+        pyro.set_rng_seed(5)
+        lg.A.grad = lg.log_sd.grad = None
+        value = IWAE(6, "dreg")(lg.model, lg.guide, x)
+        value.loss.backward()
+        results.append((value.loss.detach(), lg.A.grad.clone(), lg.log_sd.grad.clone()))
+    for shortcut, general in zip(*results, strict=True):
+        torch.testing.assert_close(shortcut, general, rtol=1e-12, atol=1e-12)
+
+
 def test_minibatch_scaling_only_touches_the_data_plate(lg):
     x = lg.data(10)
     elbo = ELBO()
