@@ -6,9 +6,9 @@ likelihood, batch 128, Adam) is trained by
 - ``torch``: a plain PyTorch loop computing the negative ELBO with the analytic KL by hand;
 - ``pvae``: ``pvae.infer.objectives.ELBO`` on ``pvae.models.VAE``'s Pyro model/guide;
 - ``pyro``: Pyro's own ``TraceMeanField_ELBO`` on the same model/guide, for reference;
-- ``pvae+validate``: the ``pvae`` loop with torch's distribution argument validation on at
-  every step, as ``fit`` runs by default (Pyro's global default); the other loops run with it
-  off (``fit(..., validate_args=False)``, ``pvae train --no-validate-args``).
+- ``pvae+validate``: the ``pvae`` loop with torch's distribution argument validation on, as
+  ``fit`` runs under Pyro's default; the other loops run with it off
+  (``pyro.enable_validation(False)``).
 
 Blocks of steps are interleaved (torch, pvae, pyro, torch, ...) in one process so that all
 see the same machine state; the table reports the median step time over blocks and the ratio

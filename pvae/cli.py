@@ -136,15 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
-        "--no-validate-args",
-        dest="validate_args",
-        action="store_const",
-        const=False,
-        default=None,
-        help="check distribution arguments and observed values on the first batch only, not "
-        "at every step",
-    )
-    train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"
     )
     train.add_argument(
@@ -286,7 +277,6 @@ def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         clip_norm=args.clip_norm,
         kl_anneal_epochs=args.kl_anneal,
         early_stopping_patience=args.patience,
-        validate_args=args.validate_args,
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,

@@ -9,7 +9,6 @@ killed run resumes bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -64,12 +63,6 @@ class TrainConfig:
     # The epoch record's key (higher is better) that picks checkpoint_best.pt and drives early
     # stopping: "valid_bound", or a key that fit's valid_metrics returns ("valid_accuracy").
     monitor: str = "valid_bound"
-    # Check distribution arguments and observed values (torch's validate_args) at every step:
-    # None follows the global setting (Pyro's default: on), True/False force it for the run.
-    # The first batch (fit's probe step) is always checked with the global setting. Checking
-    # cost nothing measurable on the 784-400-50 VAE (benchmarks/throughput.py); it can matter
-    # for distributions with expensive support checks.
-    validate_args: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -329,121 +322,114 @@ def fit(
             )
 
         bad_epochs = 0
-        # The probe above checked the first batch with the global setting (Pyro's default: on).
-        validation = (
-            contextlib.nullcontext()
-            if config.validate_args is None
-            else pyro.validation_enabled(config.validate_args)
-        )
-        with validation:
-            for epoch in range(start_epoch, config.epochs):
-                if skip_steps and epoch_start_generator is not None:
-                    # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
-                    # generator ends in the state it had when the checkpoint was written.
-                    generator.set_state(epoch_start_generator)
-                epoch_start_state = generator.get_state()
-                batches = iter(_iterate(train_data, config.batch_size, True, generator))
-                for _ in range(skip_steps):
-                    next(batches)
-                total_bound, seen = resumed_totals if skip_steps else (0.0, 0)
-                steps_per_epoch = math.ceil(num_data / config.batch_size)
-                bar = tqdm(
-                    batches,
-                    total=steps_per_epoch,
-                    initial=skip_steps,
-                    desc=f"epoch {epoch + 1}/{config.epochs}",
-                    unit="batch",
-                    disable=not progress,
-                    leave=False,
-                )
-                for step, batch in enumerate(bar, start=skip_steps):
-                    batch = _to_device(batch, device)
-                    size = _batch_len(batch)
-                    if config.kl_anneal_epochs > 0:
-                        objective.beta = min(
-                            1.0, (epoch + step / steps_per_epoch) / config.kl_anneal_epochs
-                        )
-                    try:
-                        value = objective(model, guide, *batch_args(batch), scale=num_data / size)
-                    except ValueError as error:
-                        # Distribution validation: parameters that overflowed to inf/nan are a
-                        # divergence; a value outside its support is a data or model error.
-                        # Either way one line, not a tensor dump.
-                        first = str(error).splitlines()[0] if str(error) else ""
-                        invalid = "found invalid values" in first
-                        if not _all_finite(params) or (
-                            invalid and first.startswith("Expected parameter")
-                        ):
-                            raise _diverged(epoch, step, first) from None
-                        if invalid:
-                            raise ValueError(
-                                f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
-                            ) from None
-                        raise
-                    if not torch.isfinite(value.loss):
-                        raise _diverged(epoch, step)
-                    optimizer.zero_grad(set_to_none=True)
-                    value.loss.backward()
-                    if config.clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                    optimizer.step()
-                    total_bound += float(value.bound)
-                    seen += size
-                    if progress and step % 20 == 0:
-                        bar.set_postfix(bound=f"{total_bound / seen:.2f}")
-                    if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                        epoch_totals = (total_bound, seen)
-                        checkpoint(epoch, step + 1)
-                bar.close()
-                if not _all_finite(params):  # the epoch's last step may have diverged
+        for epoch in range(start_epoch, config.epochs):
+            if skip_steps and epoch_start_generator is not None:
+                # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
+                # generator ends in the state it had when the checkpoint was written.
+                generator.set_state(epoch_start_generator)
+            epoch_start_state = generator.get_state()
+            batches = iter(_iterate(train_data, config.batch_size, True, generator))
+            for _ in range(skip_steps):
+                next(batches)
+            total_bound, seen = resumed_totals if skip_steps else (0.0, 0)
+            steps_per_epoch = math.ceil(num_data / config.batch_size)
+            bar = tqdm(
+                batches,
+                total=steps_per_epoch,
+                initial=skip_steps,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                disable=not progress,
+                leave=False,
+            )
+            for step, batch in enumerate(bar, start=skip_steps):
+                batch = _to_device(batch, device)
+                size = _batch_len(batch)
+                if config.kl_anneal_epochs > 0:
+                    objective.beta = min(
+                        1.0, (epoch + step / steps_per_epoch) / config.kl_anneal_epochs
+                    )
+                try:
+                    value = objective(model, guide, *batch_args(batch), scale=num_data / size)
+                except ValueError as error:
+                    # Distribution validation: parameters that overflowed to inf/nan are a
+                    # divergence; a value outside its support is a data or model error.
+                    # Either way one line, not a tensor dump.
+                    first = str(error).splitlines()[0] if str(error) else ""
+                    invalid = "found invalid values" in first
+                    if not _all_finite(params) or (
+                        invalid and first.startswith("Expected parameter")
+                    ):
+                        raise _diverged(epoch, step, first) from None
+                    if invalid:
+                        raise ValueError(
+                            f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
+                        ) from None
+                    raise
+                if not torch.isfinite(value.loss):
                     raise _diverged(epoch, step)
-                skip_steps = 0
-                with warnings.catch_warnings():
-                    # A run resumed after its epoch's last step takes no optimizer step in this
-                    # epoch; the schedule still advances once per epoch, as uninterrupted.
-                    warnings.filterwarnings(
-                        "ignore", "Detected call of `lr_scheduler.step", UserWarning
-                    )
-                    scheduler.step()
-                objective.beta = 1.0
-                record = {
-                    "epoch": epoch + 1,
-                    "train_bound": total_bound / max(seen, 1),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "time": time.perf_counter() - start_time + result.wall_time,
-                }
-                if valid_data is not None:
-                    record.update(
-                        _validate(model, guide, valid_data, objective, config, batch_args, device)
-                    )
-                if valid_metrics is not None:
-                    with torch.no_grad():
-                        record.update({k: float(v) for k, v in valid_metrics().items()})
-                result.history.append(record)
-                monitored = record.get(config.monitor)
-                if monitored is None and (valid_data is not None or valid_metrics is not None):
-                    raise ValueError(
-                        f"monitor={config.monitor!r} is not in the epoch record "
-                        f"(keys: {', '.join(sorted(record))})"
-                    )
-                if monitored is not None:
-                    if result.best_valid is None or monitored > result.best_valid:
-                        result.best_valid, result.best_epoch = monitored, epoch + 1
-                        bad_epochs = 0
-                        checkpoint(epoch + 1, 0, BEST)
-                    else:
-                        bad_epochs += 1
-                epoch_start_state = generator.get_state()
-                stop = (
-                    config.early_stopping_patience is not None
-                    and bad_epochs >= config.early_stopping_patience
+                optimizer.zero_grad(set_to_none=True)
+                value.loss.backward()
+                if config.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
+                optimizer.step()
+                total_bound += float(value.bound)
+                seen += size
+                if progress and step % 20 == 0:
+                    bar.set_postfix(bound=f"{total_bound / seen:.2f}")
+                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                    epoch_totals = (total_bound, seen)
+                    checkpoint(epoch, step + 1)
+            bar.close()
+            if not _all_finite(params):  # the epoch's last step may have diverged
+                raise _diverged(epoch, step)
+            skip_steps = 0
+            with warnings.catch_warnings():
+                # A run resumed after its epoch's last step takes no optimizer step in this
+                # epoch; the schedule still advances once per epoch, as uninterrupted.
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
                 )
-                checkpoint(epoch + 1, 0, stopped_early=stop)
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
-                if stop:
-                    result.stopped_early = True
-                    break
+                scheduler.step()
+            objective.beta = 1.0
+            record = {
+                "epoch": epoch + 1,
+                "train_bound": total_bound / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "time": time.perf_counter() - start_time + result.wall_time,
+            }
+            if valid_data is not None:
+                record.update(
+                    _validate(model, guide, valid_data, objective, config, batch_args, device)
+                )
+            if valid_metrics is not None:
+                with torch.no_grad():
+                    record.update({k: float(v) for k, v in valid_metrics().items()})
+            result.history.append(record)
+            monitored = record.get(config.monitor)
+            if monitored is None and (valid_data is not None or valid_metrics is not None):
+                raise ValueError(
+                    f"monitor={config.monitor!r} is not in the epoch record "
+                    f"(keys: {', '.join(sorted(record))})"
+                )
+            if monitored is not None:
+                if result.best_valid is None or monitored > result.best_valid:
+                    result.best_valid, result.best_epoch = monitored, epoch + 1
+                    bad_epochs = 0
+                    checkpoint(epoch + 1, 0, BEST)
+                else:
+                    bad_epochs += 1
+            epoch_start_state = generator.get_state()
+            stop = (
+                config.early_stopping_patience is not None
+                and bad_epochs >= config.early_stopping_patience
+            )
+            checkpoint(epoch + 1, 0, stopped_early=stop)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if stop:
+                result.stopped_early = True
+                break
     result.wall_time += time.perf_counter() - start_time
     return result
 
