@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument(
         "--quick",
         action="store_true",
-        help="a first look in seconds to a minute on a CPU: the --quick column of the sizes "
-        "below (sizes given explicitly still win)",
+        help="small sizes for a first look (about 30 s for the default VAE on 2 CPU cores): "
+        "the values after 'with --quick' below; sizes given explicitly still win",
     )
     for flag, (full, quick, text) in _DIAGNOSE_SIZES.items():
         diagnose.add_argument(
