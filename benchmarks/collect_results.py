@@ -32,7 +32,11 @@ def main() -> None:
     ]
     for path in files:
         text = path.read_text().strip()
-        parts.append("\n" + text.replace("\n# ", "\n## ").replace("# ", "## ", 1) + "\n")
+        # One level down: each file's title becomes a section, its sections subsections.
+        text = "\n" + text
+        for level in ("### ", "## ", "# "):
+            text = text.replace("\n" + level, "\n#" + level)
+        parts.append(text + "\n")
     out = Path(__file__).parent / "RESULTS.md"
     out.write_text("\n".join(parts))
     print(f"wrote {out} from {len(files)} files")
