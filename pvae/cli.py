@@ -359,7 +359,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         def report_epoch(record: dict) -> None:
             if progress:
                 valid_text = "".join(
-                    f", {key.replace('_', ' ')} {value:.{4 if 'accuracy' in key else 2}f}"
+                    f", {key.replace('_', ' ').replace('elbo', 'ELBO')} {value:.{4 if 'accuracy' in key else 2}f}"
                     for key, value in record.items()
                     if key.startswith("valid_")
                     and not (key == "valid_bound" and record.get("valid_elbo") == value)
