@@ -60,9 +60,7 @@ class CVAE(StandardNormalPrior):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        input_shape = tuple(int(s) for s in input_shape)
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        input_shape, latent_dim, hidden = self._shared_options(input_shape, latent_dim, hidden)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.config = dict(

@@ -97,10 +97,7 @@ class M2(StandardNormalPrior):
         alpha: float = 300.0,
     ) -> None:
         super().__init__()
-        input_shape = tuple(int(s) for s in input_shape)
-        hidden = [int(h) for h in hidden]
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        input_shape, latent_dim, hidden = self._shared_options(input_shape, latent_dim, hidden)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not float(alpha) >= 0:

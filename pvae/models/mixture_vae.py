@@ -71,17 +71,14 @@ class MixtureVAE(ImageModel):
         guide_components: int = 2,
     ) -> None:
         super().__init__()
-        input_shape = tuple(int(s) for s in input_shape)
-        hidden = [int(h) for h in hidden]
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        input_shape, latent_dim, hidden = self._shared_options(
+            input_shape, latent_dim, hidden, needs_hidden=True
+        )
         if int(prior_components) < 1 or int(guide_components) < 1:
             raise ValueError(
                 f"prior_components and guide_components must be >= 1, got "
                 f"{prior_components} and {guide_components}"
             )
-        if not hidden:
-            raise ValueError("MixtureVAE needs at least one hidden layer")
         self.config = dict(
             input_shape=list(input_shape),
             latent_dim=int(latent_dim),

@@ -64,15 +64,14 @@ class HypersphericalVAE(ImageModel):
         likelihood: str = "bernoulli",
     ) -> None:
         super().__init__()
-        input_shape = tuple(int(s) for s in input_shape)
         if int(latent_dim) < 2:
             raise ValueError(
                 f"latent_dim is the ambient dimension d of the sphere S^(d-1) and must be >= 2, "
                 f"got {latent_dim}"
             )
-        hidden = [int(h) for h in hidden]
-        if not hidden:
-            raise ValueError("HypersphericalVAE needs at least one hidden layer")
+        input_shape, latent_dim, hidden = self._shared_options(
+            input_shape, latent_dim, hidden, needs_hidden=True
+        )
         self.config = dict(
             input_shape=list(input_shape),
             latent_dim=int(latent_dim),

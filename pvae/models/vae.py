@@ -69,6 +69,24 @@ class ImageModel(PyroModule):
 
     config: dict
 
+    def _shared_options(
+        self,
+        input_shape: Sequence[int],
+        latent_dim: int,
+        hidden: Sequence[int],
+        *,
+        needs_hidden: bool = False,
+    ) -> tuple[tuple[int, ...], int, list[int]]:
+        """The constructor options every image model has, normalised (a tuple, an int, a list
+        of ints) and checked; ``needs_hidden``: at least one hidden layer."""
+        input_shape = tuple(int(s) for s in input_shape)
+        hidden = [int(h) for h in hidden]
+        if int(latent_dim) < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        if needs_hidden and not hidden:
+            raise ValueError(f"{type(self).__name__} needs at least one hidden layer")
+        return input_shape, int(latent_dim), hidden
+
     def _check_input(self, x: torch.Tensor) -> None:
         shape = tuple(self.config["input_shape"])
         if tuple(x.shape[-len(shape) :]) != shape:
@@ -152,9 +170,7 @@ class VAE(StandardNormalPrior):
         free_bits: float = 0.0,
     ) -> None:
         super().__init__()
-        input_shape = tuple(int(s) for s in input_shape)
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
+        input_shape, latent_dim, hidden = self._shared_options(input_shape, latent_dim, hidden)
         beta, free_bits = float(beta), float(free_bits)
         if not (beta > 0 and math.isfinite(beta)):
             raise ValueError(f"beta must be a positive number, got {beta}")
@@ -168,8 +184,8 @@ class VAE(StandardNormalPrior):
             )
         self.config = dict(
             input_shape=list(input_shape),
-            latent_dim=int(latent_dim),
-            hidden=[int(h) for h in hidden],
+            latent_dim=latent_dim,
+            hidden=hidden,
             activation=activation,
             likelihood=likelihood,
             architecture=architecture,
