@@ -1,5 +1,5 @@
-"""PSIS k-hat, ESS, InferenceData and the bound ladder on a linear-Gaussian model whose
-posterior and marginal are known in closed form."""
+"""PSIS k-hat, ESS and InferenceData on a linear-Gaussian model whose posterior and marginal
+are known in closed form (the bound ladder: tests/evaluation/test_ladder.py)."""
 
 import math
 import subprocess
@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from pvae.diagnostics import (
-    bound_ladder,
     importance_diagnostics,
-    iwae_bounds,
     pareto_khat,
     to_inference_data,
 )
@@ -48,44 +46,6 @@ def test_khat_and_ess_separate_good_and_bad_guides(lg):
 def test_pareto_khat_needs_a_tail():
     with pytest.raises(ValueError, match="S >= 50"):
         pareto_khat(torch.randn(10, 3))
-
-
-def test_iwae_bounds_increase_with_k(lg):
-    x = lg.data(20)
-    from pvae.evaluation import log_importance_weights
-
-    log_w = log_importance_weights(lg.model, lg.diagonal_guide, x, 1000)
-    bounds = iwae_bounds(log_w, (1, 10, 100, 1000))
-    means = [float(bounds[k].mean()) for k in (1, 10, 100, 1000)]
-    assert means == sorted(means)
-    torch.testing.assert_close(bounds[1], log_w.double().mean(0))
-    with pytest.raises(ValueError, match="K=2000"):
-        iwae_bounds(log_w, (2000,))
-
-
-def test_bound_ladder_against_exact(lg):
-    x = lg.data(8)
-    ladder = bound_ladder(
-        lg.model,
-        lg.narrow_guide,
-        x,
-        ks=(1, 10, 100),
-        ais_steps=200,
-        ais_chains=8,
-        ais_leapfrog_steps=5,
-        seed=0,
-    )
-    names = [row.name for row in ladder.rows]
-    assert names == ["ELBO", "IWAE (K=10)", "IWAE (K=100)", "AIS (T=200)"]
-    means = [row.mean for row in ladder.rows]
-    assert means[0] < means[1] < means[2]
-    exact = float(lg.marginal().log_prob(x).mean())
-    # AIS within 4 of its chain standard errors of the truth; the bounds below it.
-    assert abs(means[3] - exact) < 0.2
-    assert means[2] < exact + 0.05
-    rows = ladder.as_dict()
-    assert rows[-1]["minus_reference"] == 0.0 and rows[0]["minus_reference"] < 0
-    assert ladder.table().count("\n") == len(rows) + 1
 
 
 @pytest.mark.filterwarnings(
