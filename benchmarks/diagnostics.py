@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
     from pvae.data import load_dataset
-    from pvae.diagnostics import bound_ladder, importance_diagnostics
-    from pvae.evaluation import active_units, bdmc, mutual_information
+    from pvae.diagnostics import importance_diagnostics
+    from pvae.evaluation import active_units, bdmc, bound_ladder, mutual_information
 
     timings: dict[str, float] = {}
     with pyro.settings.context(module_local_params=True):

@@ -11,7 +11,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "distributions", "evaluation", "infer", "models", "nets", "diagnostics")
+_SUBMODULES = (
+    "data",
+    "distributions",
+    "evaluation",
+    "infer",
+    "models",
+    "nets",
+    "diagnostics",
+    "figures",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -461,7 +461,7 @@ def _write_figures_and_report(
 ) -> None:
     import torch
 
-    from pvae.plots import image_grid, loss_curve
+    from pvae.figures import image_grid, loss_curve
 
     loss_curve(
         metrics["history"],
@@ -567,7 +567,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from pvae.plots import image_grid
+    from pvae.figures import image_grid
 
     model, _ = _load(args.run_dir, args.checkpoint)
     images = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))

@@ -7,7 +7,7 @@ and the collapse metrics (active units, KL per unit, mutual information), then w
 
 - ``diagnostics.json``: the metrics;
 - ``diagnostics.nc``: an ArviZ ``InferenceData`` (guide samples, log weights, k-hat, ESS);
-- ``diagnostics_*.png``: the figures of :mod:`pvae.evaluation.plots`.
+- ``diagnostics_*.png``: the figures of :mod:`pvae.figures`.
 
 References:
     [1] Wu, Burda, Salakhutdinov, Grosse. On the Quantitative Analysis of Decoder-Based
@@ -38,14 +38,6 @@ def _tensor(values: Any) -> torch.Tensor | None:
     if isinstance(values, torch.Tensor):
         return values
     return torch.as_tensor(values)
-
-
-def _mean_stderr(values: torch.Tensor) -> dict[str, float]:
-    n = values.numel()
-    return {
-        "mean": float(values.mean()),
-        "stderr": float(values.double().std() / math.sqrt(n)) if n > 1 else float("nan"),
-    }
 
 
 def _finite(value: float) -> float | None:
@@ -98,8 +90,8 @@ def diagnose_run(
         ``(metrics, figures)``: the metrics written to ``diagnostics.json`` and a list of
         ``(title, png file name relative to out_dir)``.
     """
-    from pvae.diagnostics import bound_ladder, to_inference_data
-    from pvae.evaluation import plots
+    from pvae import figures as plots
+    from pvae.diagnostics import to_inference_data
     from pvae.evaluation.ais import bdmc
     from pvae.evaluation.collapse import (
         active_units,
@@ -107,6 +99,8 @@ def diagnose_run(
         mutual_information,
         posterior_means,
     )
+    from pvae.evaluation.importance import mean_and_stderr
+    from pvae.evaluation.ladder import bound_ladder
 
     if not (hasattr(model, "model") and hasattr(model, "guide")):
         raise ValueError("diagnose_run needs a pvae model with .model and .guide methods")
@@ -160,14 +154,14 @@ def diagnose_run(
         log_weights=log_w,
     )
     metrics["ladder"] = ladder.as_dict()
-    metrics["elbo"] = _mean_stderr(ladder.rows[0].values)
+    metrics["elbo"] = mean_and_stderr(ladder.rows[0].values)
     metrics["iwae"] = {
-        str(r.num_samples): _mean_stderr(r.values) for r in ladder.rows[1 : len(usable)]
+        str(r.num_samples): mean_and_stderr(r.values) for r in ladder.rows[1 : len(usable)]
     }
     if ais_steps:
         ais_row = ladder.rows[-1]
         metrics["ais"] = {
-            **_mean_stderr(ais_row.values),
+            **mean_and_stderr(ais_row.values),
             "steps": int(ais_steps),
             "chains": int(ais_chains),
         }
@@ -193,7 +187,7 @@ def diagnose_run(
             "lower_mean": result.lower_mean,
             "upper_mean": result.upper_mean,
             "gap_mean": result.gap_mean,
-            "gap_stderr": _mean_stderr(result.gap)["stderr"],
+            "gap_stderr": mean_and_stderr(result.gap)["stderr"],
         }
 
     # Posterior collapse.

@@ -1,6 +1,7 @@
-"""Posterior diagnostics of a model/guide pair: PSIS k-hat, importance ESS, the bound ladder,
+"""Posterior diagnostics of a model/guide pair that need ArviZ: PSIS k-hat, importance ESS
 and an ArviZ ``InferenceData`` of the guide's samples. The only module of pvae that imports
-ArviZ, and only inside functions, so ``import pvae`` never pays for it.
+ArviZ, and only inside functions, so ``import pvae`` never pays for it. (The bound ladder,
+ELBO <= IWAE_K <= AIS, needs no ArviZ: :mod:`pvae.evaluation.ladder`.)
 
 For each datum x_n and S guide samples z_s ~ q(z | x_n), the importance log weights
 ``log w_s = log p(x_n, z_s) - log q(z_s | x_n)`` tell how well q covers the posterior:
@@ -21,23 +22,17 @@ References:
         2024. arXiv:1507.02646
     [2] Yao, Vehtari, Simpson, Gelman. Yes, but Did It Work?: Evaluating Variational
         Inference. ICML 2018. arXiv:1802.02538
-    [3] Burda, Grosse, Salakhutdinov. Importance Weighted Autoencoders. ICLR 2016.
-        arXiv:1509.00519
-    [4] Wu, Burda, Salakhutdinov, Grosse. On the Quantitative Analysis of Decoder-Based
-        Generative Models. ICLR 2017. arXiv:1611.04273
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from pvae.evaluation.importance import PerDatumEstimate
 
 CONSTANT_WEIGHTS_TOLERANCE = 1e-3  # nats
 MIN_SAMPLES_FOR_KHAT = 50
@@ -230,130 +225,3 @@ def to_inference_data(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return az.InferenceData(**groups)
-
-
-@dataclass
-class LadderRow(PerDatumEstimate):
-    """One bound of the ladder: per-datum values ``(N,)`` in nats."""
-
-    name: str
-    num_samples: int
-    values: torch.Tensor
-
-
-@dataclass
-class BoundLadder:
-    """ELBO <= IWAE_K (increasing in K) <= log p(x), with AIS as the reference [3, 4].
-
-    ``gap_to_reference`` reports each bound minus the last row (AIS), averaged over data with
-    a *paired* standard error: the bounds of one datum move together, so their difference is
-    far more precise than the spread of either over data.
-    """
-
-    rows: list[LadderRow] = field(default_factory=list)
-
-    def gap_to_reference(self, row: LadderRow) -> tuple[float, float]:
-        diff = row.values.double() - self.rows[-1].values.double()
-        n = diff.numel()
-        return float(diff.mean()), (float(diff.std() / math.sqrt(n)) if n > 1 else float("nan"))
-
-    def as_dict(self) -> list[dict[str, Any]]:
-        out = []
-        for row in self.rows:
-            gap, gap_se = self.gap_to_reference(row)
-            out.append(
-                {
-                    "bound": row.name,
-                    "num_samples": row.num_samples,
-                    "mean": row.mean,
-                    "stderr": row.stderr,
-                    "minus_reference": gap,
-                    "minus_reference_stderr": gap_se,
-                }
-            )
-        return out
-
-    def table(self) -> str:
-        """A markdown table of the ladder."""
-        ref = self.rows[-1].name
-        lines = [
-            f"| bound | samples | mean log p(x) (nats) | stderr | minus {ref} (paired se) |",
-            "|---|---|---|---|---|",
-        ]
-        for entry in self.as_dict():
-            lines.append(
-                f"| {entry['bound']} | {entry['num_samples']} | {entry['mean']:.3f} | "
-                f"{entry['stderr']:.3f} | {entry['minus_reference']:.3f} "
-                f"({entry['minus_reference_stderr']:.3f}) |"
-            )
-        return "\n".join(lines)
-
-
-def iwae_bounds(log_weights: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Per-datum IWAE_K bounds from a pool of ``S`` log weights ``(S, N)``.
-
-    The pool is split into ``floor(S / K)`` disjoint groups of K; IWAE_K of a datum is the
-    mean over groups of ``log mean_k w_k`` (K = 1 gives the ELBO).
-    """
-    s = log_weights.shape[0]
-    out = {}
-    for k in ks:
-        k = int(k)
-        if not 1 <= k <= s:
-            raise ValueError(f"K={k} needs between 1 and {s} samples in the pool")
-        groups = s // k
-        lw = log_weights[: groups * k].double().reshape(groups, k, -1)
-        out[k] = (torch.logsumexp(lw, dim=1) - math.log(k)).mean(0)
-    return out
-
-
-def bound_ladder(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    *args,
-    ks: Sequence[int] = (1, 10, 100, 1000),
-    num_samples: int | None = None,
-    ais_steps: int | None = 1000,
-    ais_chains: int = 16,
-    ais_from_guide: bool = False,
-    ais_leapfrog_steps: int = 10,
-    seed: int | None = None,
-    progress: bool = False,
-    log_weights: torch.Tensor | None = None,
-) -> BoundLadder:
-    """The ELBO, IWAE_K for each K in ``ks`` [3] and an AIS estimate [4] on the same data.
-
-    ``num_samples`` (default ``max(ks)``) guide samples per datum
-    are drawn once and split into groups for every K. ``ais_steps=None`` skips AIS (the last
-    row is then the largest-K bound). AIS starts from the prior as in Wu et al. [4], or from
-    the guide with ``ais_from_guide``. Pass precomputed ``log_weights`` ``(S, N)`` (e.g. from
-    :func:`importance_diagnostics`) to reuse them instead of sampling the guide again.
-    """
-    from pvae.evaluation.ais import ais_log_likelihood
-    from pvae.evaluation.importance import log_importance_weights
-
-    ks = sorted({int(k) for k in ks})
-    if log_weights is not None:
-        log_w = log_weights
-    else:
-        pool = int(num_samples) if num_samples is not None else max(ks)
-        log_w = log_importance_weights(model, guide, x, pool, *args)
-    bounds = iwae_bounds(log_w, ks)
-    ladder = BoundLadder()
-    for k in ks:
-        ladder.rows.append(LadderRow("ELBO" if k == 1 else f"IWAE (K={k})", k, bounds[k]))
-    if ais_steps:
-        ais = ais_log_likelihood(
-            model,
-            x,
-            *args,
-            num_steps=int(ais_steps),
-            num_chains=int(ais_chains),
-            guide=guide if ais_from_guide else None,
-            leapfrog_steps=ais_leapfrog_steps,
-            seed=seed,
-            progress=progress,
-        )
-        ladder.rows.append(LadderRow(f"AIS (T={int(ais_steps)})", int(ais_chains), ais.values))
-    return ladder

@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,8 @@ def _pick_site(trace, site: str | None) -> dict[str, Any]:
     raise ValueError(f"no latent site {site!r} in the guide; it has {[s['name'] for s in sites]}")
 
 
-def _chunks(total: int, size: int):
+def _start_stop_ranges(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive index ranges of at most ``size`` out of ``total``."""
     for start in range(0, total, size):
         yield start, min(total, start + size)
 
@@ -107,7 +108,7 @@ def posterior_means(
     distribution), or a function ``x -> means``.
     """
     parts = []
-    for start, stop in _chunks(x.shape[0], batch_size):
+    for start, stop in _start_stop_ranges(x.shape[0], batch_size):
         xb = x[start:stop]
         extra = tuple(a[start:stop] for a in args)
         if hasattr(encoder, "guide"):
@@ -231,7 +232,7 @@ def mutual_information(
     per_row = int(num_samples) * n * max(1, math.prod(event_shape))
     chunk = max(1, max_elements // per_row)
     total = 0.0
-    for start, stop in _chunks(n, chunk):
+    for start, stop in _start_stop_ranges(n, chunk):
         zc = z[:, start:stop].unsqueeze(2)  # (S, c, 1, *event) against batch (N,)
         cross = fn.log_prob(zc)  # (S, c, N): log q(z_sc | x_m)
         log_aggregate = torch.logsumexp(cross, dim=-1) - math.log(n)

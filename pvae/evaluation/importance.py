@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from pvae.infer.trace import per_datum_log_weights, probe_max_plate_nesting, trace_model_guide
 
 
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+def _starts_and_sizes(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, length)`` of consecutive chunks of at most ``size`` out of ``total``."""
     for start in range(0, total, size):
         yield start, min(size, total - start)
 
@@ -45,12 +46,26 @@ def log_importance_weights(
     """
     nesting = probe_max_plate_nesting(model, guide, (x[:1], *(a[:1] for a in args)))
     parts = []
-    for _, size in _chunks(num_samples, sample_batch_size):
+    for _, size in _starts_and_sizes(num_samples, sample_batch_size):
         model_trace, guide_trace = trace_model_guide(
             model, guide, (x, *args), num_particles=size, max_plate_nesting=nesting
         )
         parts.append(per_datum_log_weights(model_trace, guide_trace, max_plate_nesting=nesting))
     return torch.cat(parts, dim=0)
+
+
+def mean_and_stderr(values: torch.Tensor) -> dict[str, float]:
+    """``{"mean", "stderr"}`` of ``values`` ``(N,)``: their mean and its standard error
+    ``sd(values) / sqrt(N)`` (unbiased sd; NaN for one value), in the dtype of ``values``.
+
+    The one standard error of pvae: per-datum estimates, paired differences of bounds, the
+    diagnostics' JSON.
+    """
+    n = values.numel()
+    return {
+        "mean": float(values.mean()),
+        "stderr": float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
+    }
 
 
 class PerDatumEstimate:
@@ -60,13 +75,12 @@ class PerDatumEstimate:
 
     @property
     def mean(self) -> float:
-        return float(self.values.mean())
+        return mean_and_stderr(self.values)["mean"]
 
     @property
     def stderr(self) -> float:
         """Standard error of the mean over data (the spread of log p(x) across data)."""
-        n = self.values.numel()
-        return float(self.values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        return mean_and_stderr(self.values)["stderr"]
 
 
 @dataclass
@@ -111,12 +125,12 @@ def log_likelihood(
     datum_size = max(1, x[0].numel())
     results = []
     bar = tqdm(total=x.shape[0], desc="log p(x)", unit="datum", disable=not progress)
-    for start, size in _chunks(x.shape[0], batch_size):
+    for start, size in _starts_and_sizes(x.shape[0], batch_size):
         xb = x[start : start + size]
         extra = tuple(a[start : start + size] for a in args)
         chunk = sample_batch_size or max(1, min(num_samples, max_elements // (size * datum_size)))
         running = None
-        for _, k in _chunks(num_samples, chunk):
+        for _, k in _starts_and_sizes(num_samples, chunk):
             log_w = log_importance_weights(model, guide, xb, k, *extra, sample_batch_size=k)
             part = torch.logsumexp(log_w, dim=0)
             running = part if running is None else torch.logaddexp(running, part)

@@ -183,8 +183,8 @@ than their spread over images.""",
     (
         "code",
         """\
-from pvae.diagnostics import bound_ladder
-from pvae.evaluation import plots
+from pvae import figures
+from pvae.evaluation import bound_ladder
 
 ks = [k for k in (1, 10, 100, 1000) if k <= NUM_SAMPLES]
 ladder = bound_ladder(
@@ -199,7 +199,7 @@ ladder = bound_ladder(
 )
 print(ladder.table())
 out = tempfile.mkdtemp()
-display(Image(plots.plot_bound_ladder(ladder, os.path.join(out, "ladder.png"))))""",
+display(Image(figures.plot_bound_ladder(ladder, os.path.join(out, "ladder.png"))))""",
     ),
     (
         "md",
@@ -261,7 +261,7 @@ for name, guide in (("trained guide", vae.guide), ("over-confident guide", overc
         f"{name:22s} k-hat > 0.7 for {100 * summary['share_khat_above_0.7']:.0f}% of images, "
         f"mean relative ESS {summary['relative_ess_mean']:.3f}"
     )
-display(Image(plots.plot_khat(diag.khat, os.path.join(out, "khat.png"), "over-confident guide")))""",
+display(Image(figures.plot_khat(diag.khat, os.path.join(out, "khat.png"), "over-confident guide")))""",
     ),
     (
         "md",
@@ -306,9 +306,9 @@ mi = mutual_information(vae, x_test, num_samples=10)
 print(units)
 print("KL per unit:", [round(v, 2) for v in kl.tolist()])
 print(f"I(x; z) = {mi:.2f} nats (at most log N = {math.log(len(x_test)):.2f})")
-display(Image(plots.plot_kl_per_dimension(kl, os.path.join(out, "kl.png"))))
+display(Image(figures.plot_kl_per_dimension(kl, os.path.join(out, "kl.png"))))
 traversals = os.path.join(out, "traversals.png")
-display(Image(plots.plot_latent_traversals(vae, traversals, units.variances, num_dims=4)))""",
+display(Image(figures.plot_latent_traversals(vae, traversals, units.variances, num_dims=4)))""",
     ),
     (
         "md",

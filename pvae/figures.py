@@ -1,7 +1,15 @@
-"""Diagnostic figures, each written to a PNG file.
+"""Figures, each written to a PNG file: those of a training run and those of the diagnostics.
 
 Built on ``matplotlib.figure.Figure`` directly (never ``pyplot``), so they neither touch
-global figure state nor need a display; safe under any backend, ``Agg`` included.
+global figure state nor need a display; safe under any backend, ``Agg`` included. Nothing
+imports this module at ``import pvae``: matplotlib is paid for only by who draws.
+
+A training run (``pvae train``, ``pvae sample``):
+
+- :func:`image_grid`: images ``(N, C, H, W)`` as one grid.
+- :func:`loss_curve`: train and validation bounds per epoch.
+
+Diagnostics (``pvae diagnose``):
 
 - :func:`plot_khat`: PSIS k-hat per datum with the 0.5 and 0.7 thresholds [1].
 - :func:`plot_bound_ladder`: ELBO, IWAE-K and AIS means with standard errors [2, 3].
@@ -9,6 +17,9 @@ global figure state nor need a display; safe under any backend, ``Agg`` included
 - :func:`plot_latent_scatter`: guide means in 2-D (PCA above two dims), coloured by label.
 - :func:`plot_latent_traversals`: decoded images along the highest-variance units.
 - :func:`plot_interpolations`: decoded images between the guide means of two images.
+
+Every image grid goes through one helper, :func:`_draw_images`: the images tiled into one
+array with a one-pixel white border, drawn by a single ``imshow``.
 
 References:
     [1] Vehtari, Simpson, Gelman, Yao, Gabry. Pareto Smoothed Importance Sampling.
@@ -20,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +39,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike, tight: bool = True) -> Path:
+    """Writes ``fig`` at 100 dpi; ``tight`` crops it to what is drawn."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight" if tight else None)
     return path
 
 
@@ -45,13 +66,91 @@ def _numpy(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=float)
 
 
+def _tile(images: np.ndarray, border: int = 1) -> np.ndarray:
+    """One array of ``images`` ``(rows, cols, C, H, W)`` or ``(rows, cols, H, W)`` (values
+    clipped to [0, 1]; C is 1 or 3), each framed by ``border`` white pixels: shape
+    ``(rows (H + 2 border), cols (W + 2 border))``, with a trailing 3 for colour images."""
+    if images.ndim == 5:
+        images = images[:, :, 0] if images.shape[2] == 1 else np.moveaxis(images, 2, -1)
+    images = np.clip(images, 0.0, 1.0)
+    rows, cols, h, w = images.shape[:4]
+    framed = np.pad(
+        images,
+        [(0, 0), (0, 0), (border, border), (border, border)] + [(0, 0)] * (images.ndim - 4),
+        constant_values=1.0,
+    )
+    # (rows, cols, H', W', ...) -> (rows, H', cols, W', ...) -> (rows H', cols W', ...)
+    framed = np.swapaxes(framed, 1, 2)
+    return framed.reshape(rows * (h + 2 * border), cols * (w + 2 * border), *images.shape[4:])
+
+
+def _draw_images(
+    ax: Axes, images: np.ndarray, row_labels: Sequence[str] | None = None, fontsize: float = 7
+) -> None:
+    """Draws ``images`` ``(rows, cols, C, H, W)`` or ``(rows, cols, H, W)`` as one grid on
+    ``ax``, with ``row_labels`` to the left of the rows."""
+    rows = images.shape[0]
+    mosaic = _tile(images)
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is None:
+        ax.set_axis_off()
+        return
+    height = mosaic.shape[0] / rows
+    ax.set_yticks([(r + 0.5) * height - 0.5 for r in range(rows)])
+    ax.set_yticklabels(list(row_labels), fontsize=fontsize)
+    ax.tick_params(axis="y", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def image_grid(
+    images: torch.Tensor, path: PathLike, *, nrow: int | None = None, title: str | None = None
+) -> Path:
+    """Saves ``images`` of shape ``(n, C, H, W)`` (values in [0, 1]; C is 1 or 3) as one grid
+    PNG with ``nrow`` images per row (default ``ceil(sqrt(n))``); empty cells are white."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n = images.shape[0]
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    cells = torch.ones(ncol * nrow, *images.shape[1:])
+    cells[:n] = images
+    fig = _figure(max(2.0, nrow * 0.4), max(2.0, ncol * 0.4) + (0.3 if title else 0))
+    ax = fig.add_axes((0, 0, 1, 0.92 if title else 1))
+    _draw_images(ax, cells.reshape(ncol, nrow, *images.shape[1:]).numpy())
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path, tight=False)
+
+
+def loss_curve(history: Sequence[dict], path: PathLike, *, title: str = "") -> Path:
+    """Train and validation bounds per epoch (nats per datum)."""
+    fig = _figure(5, 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_bound"] for h in history], marker="o", label="train bound")
+    for key, label in (("valid_elbo", "valid ELBO"), ("valid_bound", "valid bound")):
+        values = [h[key] for h in history if key in h]
+        if values and not (
+            key == "valid_bound" and values == [h.get("valid_elbo") for h in history]
+        ):
+            ax.plot(epochs[: len(values)], values, marker="s", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datum")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
 def plot_khat(khat: Any, path: PathLike, title: str = "PSIS k-hat per datum") -> Path:
     """k-hat per datum with the 0.5 and 0.7 lines; ``-inf`` (exact weights) drawn at the floor."""
     k = _numpy(khat).reshape(-1)
     finite = k[np.isfinite(k)]
     floor = min(-0.5, float(finite.min()) - 0.1) if finite.size else -0.5
     shown = np.where(np.isfinite(k), k, floor)
-    fig = Figure(figsize=(7, 3.5))
+    fig = _figure(7, 3.5)
     ax = fig.subplots()
     colors = np.where(shown > 0.7, "C3", np.where(shown > 0.5, "C1", "C0"))
     ax.scatter(np.arange(k.size), shown, c=colors, s=12)
@@ -66,13 +165,13 @@ def plot_khat(khat: Any, path: PathLike, title: str = "PSIS k-hat per datum") ->
 
 
 def plot_bound_ladder(ladder: Any, path: PathLike, title: str = "Bound ladder") -> Path:
-    """Means and standard errors of each bound (a :class:`pvae.diagnostics.BoundLadder` or
+    """Means and standard errors of each bound (a :class:`pvae.evaluation.ladder.BoundLadder` or
     its ``as_dict()`` rows)."""
     rows = ladder.as_dict() if hasattr(ladder, "as_dict") else list(ladder)
     names = [r["bound"] for r in rows]
     means = np.array([r["mean"] for r in rows])
     errors = np.array([r["stderr"] for r in rows])
-    fig = Figure(figsize=(7, 3.5))
+    fig = _figure(7, 3.5)
     ax = fig.subplots()
     ax.errorbar(np.arange(len(rows)), means, yerr=errors, fmt="o-", capsize=4)
     for i, m in enumerate(means):
@@ -90,7 +189,7 @@ def plot_kl_per_dimension(
     """Bars of the average KL of each unit, sorted in decreasing order."""
     values = _numpy(kl).reshape(-1)
     order = np.argsort(-values)
-    fig = Figure(figsize=(max(5, 0.15 * values.size + 2), 3.5))
+    fig = _figure(max(5, 0.15 * values.size + 2), 3.5)
     ax = fig.subplots()
     ax.bar(np.arange(values.size), values[order], color="C0")
     if threshold is not None:
@@ -127,7 +226,7 @@ def plot_latent_scatter(
     else:
         z = torch.cat([z, torch.zeros_like(z)], dim=1)
         xlabel, ylabel = "z_0", ""
-    fig = Figure(figsize=(5.5, 5))
+    fig = _figure(5.5, 5)
     ax = fig.subplots()
     if labels is None:
         ax.scatter(z[:, 0], z[:, 1], s=6, alpha=0.7)
@@ -150,23 +249,6 @@ def decode_mean(model: Any, z: torch.Tensor) -> torch.Tensor:
     logits = model.decode_logits(z)
     likelihood = getattr(model, "likelihood", None)
     return likelihood.mean(logits) if likelihood is not None else torch.sigmoid(logits)
-
-
-def _image_grid(fig: Figure, images: np.ndarray, row_labels: Sequence[str] | None = None) -> None:
-    """Draws ``images`` ``(rows, cols, C, H, W)`` or ``(rows, cols, H, W)`` as a grid."""
-    rows, cols = images.shape[:2]
-    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-    for r in range(rows):
-        for c in range(cols):
-            ax = axes[r, c]
-            img = images[r, c]
-            if img.ndim == 3:
-                img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
-            ax.imshow(np.clip(img, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0 and row_labels is not None:
-                ax.set_ylabel(row_labels[r], fontsize=7)
 
 
 def _check_images(decoded: torch.Tensor) -> None:
@@ -209,11 +291,11 @@ def plot_latent_traversals(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     decoded = decode_mean(model, z.to(device)).cpu()
     _check_images(decoded)
-    fig = Figure(figsize=(0.9 * steps, 0.9 * len(units) + 0.4))
+    fig = _figure(0.9 * steps, 0.9 * len(units) + 0.4)
     labels = [
         f"z_{u}" + (f" ({float(variances[u]):.2f})" if variances is not None else "") for u in units
     ]
-    _image_grid(fig, decoded.numpy(), labels)
+    _draw_images(fig.subplots(), decoded.numpy(), labels)
     fig.suptitle(f"{title}: {-span:g} .. {span:g} around the prior mean", fontsize=9)
     return _save(fig, path)
 
@@ -243,7 +325,7 @@ def plot_interpolations(
     _check_images(decoded)
     images = torch.cat([x_start.cpu().unsqueeze(1), decoded, x_end.cpu().unsqueeze(1)], dim=1)
     rows = images.shape[0]
-    fig = Figure(figsize=(0.9 * (steps + 2), 0.9 * rows + 0.4))
-    _image_grid(fig, images.numpy())
+    fig = _figure(0.9 * (steps + 2), 0.9 * rows + 0.4)
+    _draw_images(fig.subplots(), images.numpy())
     fig.suptitle(f"{title} (first/last column: data)", fontsize=9)
     return _save(fig, path)
