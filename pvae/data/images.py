@@ -1,8 +1,9 @@
-"""In-memory image datasets with vectorized batching and per-batch binarization.
+"""Images: in-memory image datasets with vectorized batching and per-batch binarization.
 
 :class:`ImageDataset` keeps every image of a split in one tensor ``(N, 1, 28, 28)`` (MNIST's
 50000 training images are 157 MB as float32) and yields batches by indexing that tensor with a
-permutation: no per-item ``__getitem__`` and no ``DataLoader`` workers.
+permutation: no per-item ``__getitem__`` and no ``DataLoader`` workers. It implements
+:class:`pvae.data.registry.Dataset`; an image dataset registers with :func:`image_spec`.
 
 Binarization, the standard treatments of grey-level images in the VAE literature [1, 2]:
 
@@ -25,23 +26,36 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from pvae.data.registry import (
+    DATASETS,
+    UNLABELLED,
+    DatasetSpec,
+    register_dataset,
+    shard_generator,
+    shard_positions,
+)
+
 __all__ = [
-    "DATASETS",
+    "DATASETS",  # re-exported from pvae.data.registry, where they live
+    "DEFAULT",
     "STATIC_BINARIZATION_SEED",
     "Binarize",
     "DatasetSpec",
     "ImageDataset",
+    "ImageLoader",
+    "image_spec",
     "register_dataset",
 ]
 
 Binarize = Literal["dynamic", "static"] | None
 BINARIZE_MODES = ("dynamic", "static", None)
 STATIC_BINARIZATION_SEED = 0
+DEFAULT = "default"  # binarize= of load_dataset: the split's default binarization
 
 
 def _check_binarize(binarize: object) -> None:
@@ -57,7 +71,8 @@ def binarize_static(images: torch.Tensor, seed: int = STATIC_BINARIZATION_SEED) 
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images held in memory, with vectorized batches.
+    """Images held in memory, with vectorized batches: the image modality's
+    :class:`~pvae.data.registry.Dataset` (one unit is one image).
 
     :param images: float tensor ``(N, C, H, W)`` with values in ``[0, 1]``; for
         ``binarize="static"`` these are the already binarized images.
@@ -80,7 +95,9 @@ class ImageDataset(torch.utils.data.Dataset):
                 f"{tuple(images.shape)}"
             )
         if labels is None:
-            labels = torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device)
+            labels = torch.full(
+                (images.shape[0],), UNLABELLED, dtype=torch.int64, device=images.device
+            )
         if labels.shape != images.shape[:1] or labels.dtype != torch.int64:
             raise ValueError(
                 f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
@@ -124,6 +141,7 @@ class ImageDataset(torch.utils.data.Dataset):
         *,
         shuffle: bool = True,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x, y)`` batches covering every image once (one epoch).
@@ -132,23 +150,35 @@ class ImageDataset(torch.utils.data.Dataset):
         :param shuffle: visit the images in a random order drawn from ``generator``.
         :param generator: source of the permutation and of dynamic binarization (a CPU
             generator, or one on the data's device); ``None`` uses torch's global generator.
-        :param drop_last: skip a final incomplete batch.
+        :param shard: ``(rank, world_size)``: only this rank's contiguous share of the epoch's
+            order (see :class:`~pvae.data.registry.Dataset`); ``(0, 1)``: all of it.
+        :param drop_last: skip a final incomplete batch (of this rank's share).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        n = len(self)
+        positions = shard_positions(len(self), shard)
         if shuffle:
             device = generator.device if generator is not None else torch.device("cpu")
-            order = torch.randperm(n, generator=generator, device=device).to(self.images.device)
+            order = torch.randperm(len(self), generator=generator, device=device)
+            order = order.to(self.images.device)[positions]
         else:
             order = None
-        stop = n - n % batch_size if drop_last else n
+        draws = shard_generator(generator, shard)
+        share = positions.stop - positions.start
+        stop = share - share % batch_size if drop_last else share
         for start in range(0, stop, batch_size):
             if order is None:
-                index = slice(start, min(start + batch_size, n))
+                first = positions.start + start
+                index = slice(first, min(first + batch_size, positions.stop))
             else:
                 index = order[start : start + batch_size]
-            yield self._binarized(self.images[index], generator), self.labels[index]
+            yield self._binarized(self.images[index], draws), self.labels[index]
+
+    def model_options(self) -> dict[str, Any]:
+        """``input_shape`` ``(C, H, W)`` and ``data_mean``, the mean image ``(C, H, W)`` (the
+        stored images' mean: under dynamic binarization, the grey levels' mean, which is the
+        expected binarized image)."""
+        return {"input_shape": tuple(self.images.shape[1:]), "data_mean": self.images.mean(0)}
 
     def subset(
         self, n_or_indices: int | Sequence[int] | torch.Tensor, *, seed: int | None = None
@@ -181,34 +211,77 @@ class ImageDataset(torch.utils.data.Dataset):
             self.images.to(device), self.labels.to(device), binarize=self.binarize, name=self.name
         )
 
+    def without_labels(self) -> ImageDataset:
+        """The same images (shared, not copied) with every label ``-1``: e.g. validation
+        data seen as unlabelled."""
+        return ImageDataset(
+            self.images,
+            torch.full_like(self.labels, UNLABELLED),
+            binarize=self.binarize,
+            name=self.name,
+        )
+
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """How to load one named dataset.
+class ImageLoader:
+    """The ``build`` of an image dataset: one split of a verified file as an
+    :class:`ImageDataset` with images ``(N, 1, H, W)`` float32 in ``[0, 1]``.
 
-    ``read(path, split)`` takes the verified file of ``resource`` and returns uint8 images
-    ``(N, H, W)`` in 0..255 (or 0/1 where ``binary``) and int64 labels ``(N,)`` (``-1`` when
-    unlabelled). ``default_binarize`` maps each split to its default binarization.
+    ``read(path, split)`` returns uint8 images ``(N, H, W)`` in 0..255 (or 0/1 where
+    ``binary``) and int64 labels ``(N,)`` (``-1`` when unlabelled). ``default_binarize`` maps
+    each split to its default binarization.
     """
 
     name: str
-    resource: str
-    splits: tuple[str, ...]
     read: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
     default_binarize: Mapping[str, Binarize]
     binary: bool = False
-    description: str = ""
+
+    def __call__(
+        self, path: Path, split: str, *, binarize: Binarize | str = DEFAULT
+    ) -> ImageDataset:
+        """:param binarize: ``"dynamic"``, ``"static"``, ``None`` or ``"default"`` (dynamic
+        for training splits, static for ``valid``/``test``; see the module docstring).
+        Static binarization is drawn over the whole split, so a subset of it shows the same
+        pixels as the full split."""
+        if binarize == DEFAULT:
+            binarize = self.default_binarize[split]
+        _check_binarize(binarize)
+        pixels, labels = self.read(path, split)
+        images = torch.from_numpy(pixels).unsqueeze(1).to(torch.float32)
+        if not self.binary:
+            images /= 255.0
+        if binarize == "static" and not self.binary:
+            images = binarize_static(images)
+        return ImageDataset(
+            images, torch.from_numpy(labels), binarize=binarize, name=f"{self.name}/{split}"
+        )
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+def image_spec(
+    *,
+    name: str,
+    resource: str,
+    splits: tuple[str, ...],
+    read: Callable[[Path, str], tuple[np.ndarray, np.ndarray]],
+    default_binarize: Mapping[str, Binarize],
+    binary: bool = False,
+    description: str = "",
+) -> DatasetSpec:
+    """The :class:`~pvae.data.registry.DatasetSpec` of an image dataset (its ``build`` an
+    :class:`ImageLoader`); pass it to :func:`~pvae.data.registry.register_dataset`.
 
-
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    """Add a dataset to :data:`DATASETS` under ``spec.name``."""
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    missing = set(spec.splits) - set(spec.default_binarize)
+    :raises ValueError: a split has no default binarization, or one is not a valid mode.
+    """
+    missing = set(splits) - set(default_binarize)
     if missing:
-        raise ValueError(f"dataset {spec.name!r}: no default binarization for {sorted(missing)}")
-    DATASETS[spec.name] = spec
-    return spec
+        raise ValueError(f"dataset {name!r}: no default binarization for {sorted(missing)}")
+    for mode in default_binarize.values():
+        _check_binarize(mode)
+    return DatasetSpec(
+        name=name,
+        resource=resource,
+        splits=splits,
+        build=ImageLoader(name, read, dict(default_binarize), binary),
+        description=description,
+    )

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pvae.data.images import DatasetSpec, register_dataset
+from pvae.data.images import image_spec
+from pvae.data.registry import register_dataset
 
 _MNIST_SPLITS = {
     "train": ("train", slice(0, 50000)),
@@ -52,7 +53,7 @@ def read_binarized_mnist(path: Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 MNIST = register_dataset(
-    DatasetSpec(
+    image_spec(
         name="mnist",
         resource="mnist.npz",
         splits=tuple(_MNIST_SPLITS),
@@ -68,7 +69,7 @@ MNIST = register_dataset(
 )
 
 BINARIZED_MNIST = register_dataset(
-    DatasetSpec(
+    image_spec(
         name="binarized_mnist",
         resource="binarized_mnist.npz",
         splits=("train", "valid", "train+valid", "test"),

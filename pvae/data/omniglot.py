@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pvae.data.images import DatasetSpec, register_dataset
+from pvae.data.images import image_spec
+from pvae.data.registry import register_dataset
 
 VALIDATION_DRAWER = 19  # zero-based: the 20th drawer of each background character
 
@@ -44,7 +45,7 @@ def read_omniglot(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 OMNIGLOT = register_dataset(
-    DatasetSpec(
+    image_spec(
         name="omniglot",
         resource="omniglot28.npz",
         splits=("train", "valid", "train+valid", "test"),

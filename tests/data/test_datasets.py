@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pvae.data import DATASETS, ImageDataset, available_datasets, load_dataset
+from pvae.data import DATASETS, Dataset, ImageDataset, available_datasets, load_dataset
 
 SPLIT_SIZES = [
     ("mnist", "train", 50000),
@@ -24,6 +24,26 @@ LABEL_RANGES = {"mnist": (0, 9), "binarized_mnist": (-1, -1), "omniglot": (0, 96
 def test_registry():
     assert available_datasets() == ["binarized_mnist", "mnist", "omniglot"]
     assert set(DATASETS) == set(available_datasets())
+
+
+@pytest.mark.parametrize("name", ["mnist", "binarized_mnist", "omniglot"])
+def test_image_datasets_implement_the_protocol(name):
+    dataset = load_dataset(name, "valid", size=20)
+    assert isinstance(dataset, ImageDataset) and isinstance(dataset, Dataset)
+    options = dataset.model_options()
+    assert options["input_shape"] == (1, 28, 28)
+    torch.testing.assert_close(options["data_mean"], dataset.images.mean(0))
+
+
+def test_old_import_paths():
+    """Code written against the image-only data package keeps working."""
+    from pvae.data import DatasetSpec, datasets, images, register_dataset, registry
+
+    assert images.DatasetSpec is DatasetSpec is registry.DatasetSpec
+    assert images.register_dataset is register_dataset is registry.register_dataset
+    assert datasets.load_dataset is load_dataset is registry.load_dataset
+    assert datasets.DATASETS is images.DATASETS is DATASETS is registry.DATASETS
+    assert datasets.available_datasets is available_datasets
 
 
 @pytest.mark.parametrize("name,split,size", SPLIT_SIZES)
@@ -79,37 +99,6 @@ def test_dynamic_binarization_resampled_per_batch_with_right_mean():
     torch.testing.assert_close(again[0], first, rtol=0, atol=0)
 
 
-def indexed_dataset(n: int) -> ImageDataset:
-    images = torch.arange(n, dtype=torch.float32).div(n).view(n, 1, 1, 1).expand(n, 1, 2, 2)
-    return ImageDataset(images.contiguous(), torch.arange(n))
-
-
-@pytest.mark.parametrize("batch_size", [1, 7, 25, 100])
-def test_batches_cover_every_index_once_per_epoch(batch_size):
-    dataset = indexed_dataset(100)
-    generator = torch.Generator().manual_seed(1)
-    epochs = []
-    for _ in range(2):
-        batches = list(dataset.batches(batch_size, generator=generator))
-        assert all(len(y) == batch_size for (y,) in [(y,) for _, y in batches[:-1]])
-        for x, y in batches:
-            torch.testing.assert_close(x[:, 0, 0, 0], y.float() / 100)  # images follow labels
-        order = torch.cat([y for _, y in batches])
-        assert sorted(order.tolist()) == list(range(100))
-        epochs.append(order)
-    assert not torch.equal(epochs[0], epochs[1])  # a new permutation each epoch
-    assert not torch.equal(epochs[0], torch.arange(100))
-
-
-def test_batches_drop_last_and_no_shuffle():
-    dataset = indexed_dataset(10)
-    labels = [y.tolist() for _, y in dataset.batches(4, shuffle=False)]
-    assert labels == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert [len(y) for _, y in dataset.batches(4, drop_last=True)] == [4, 4]
-    with pytest.raises(ValueError, match="batch_size"):
-        next(dataset.batches(0))
-
-
 def test_getitem_subset_and_to():
     dataset = load_dataset("omniglot", "test", size=30, size_seed=3)
     assert len(dataset) == 30
@@ -141,11 +130,12 @@ def test_works_with_torch_dataloader():
         ({"name": "mnist", "split": "validation"}, "available: train, valid"),
         ({"name": "mnist", "binarize": "stochastic"}, "binarize must be one of"),
         ({"name": "mnist", "size": 0}, "size must be a positive integer"),
+        ({"name": "mnist", "vocabulary": 10}, "takes no option vocabulary; its options: binarize"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        load_dataset(**kwargs)
+        load_dataset(**{"split": "train", **kwargs})
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
