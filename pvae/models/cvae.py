@@ -21,7 +21,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -29,59 +29,66 @@ import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
+from pvae.models.base import option
+from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import StandardNormalPrior
 from pvae.nets import GaussianMLP, mlp, numel
 
 
-@register_model("cvae")
+@dataclass(frozen=True)
+class CVAEConfig(ImageConfig):
+    """Options of :class:`CVAE`."""
+
+    num_classes: int = option(10, "number of label values (labels are 0..C-1)", convert=int)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+
+
+@register_model("cvae", smoke={"latent_dim": 2, "hidden": [16]})
 class CVAE(StandardNormalPrior):
     """Label-conditional VAE, ``p(x | y) = E_{N(z; 0, I)} p(x | z, y)``.
 
-    Args:
-        input_shape: shape of one datum, default ``(1, 28, 28)``.
-        latent_dim: D.
-        hidden: hidden sizes of the encoder MLP; the decoder mirrors them.
-        activation, likelihood: as for :class:`~pvae.models.vae.VAE`.
-        num_classes: C, the number of label values (labels are integers ``0..C-1``).
+    Options (:class:`CVAEConfig`): those of every image model and ``num_classes`` C.
 
     Shapes: ``model(x, y)``/``guide(x, y)`` take ``x`` ``(B, *input_shape)`` and integer
     labels ``y`` ``(B,)``; site ``"z"`` is ``(B, D)``.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 50,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
-        input_shape, latent_dim, hidden = self._shared_options(input_shape, latent_dim, hidden)
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.config = dict(
-            input_shape=list(input_shape),
-            latent_dim=int(latent_dim),
-            hidden=[int(h) for h in hidden],
-            activation=activation,
-            likelihood=likelihood,
-            num_classes=int(num_classes),
+    Config = CVAEConfig
+    config: CVAEConfig
+
+    def __init__(self, config: CVAEConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        self.num_classes = config.num_classes
+        pixels = numel(self.input_shape)
+        hidden = list(config.hidden)
+        self.encoder = GaussianMLP(
+            pixels + self.num_classes, hidden, self.latent_dim, config.activation
         )
-        self.input_shape = input_shape
-        self.latent_dim = int(latent_dim)
-        self.num_classes = int(num_classes)
-        pixels = numel(input_shape)
-        hidden = list(self.config["hidden"])
-        self.encoder = GaussianMLP(pixels + self.num_classes, hidden, self.latent_dim, activation)
         self.decoder = mlp(
-            [self.latent_dim + self.num_classes, *reversed(hidden), pixels], activation
+            [self.latent_dim + self.num_classes, *reversed(hidden), pixels], config.activation
         )
-        self.likelihood = Likelihood(likelihood, input_shape)
-        self._register_standard_normal_prior(self.latent_dim)
+        self.likelihood = Likelihood(config.likelihood, self.input_shape)
+
+    # -- Pyro model and guide -------------------------------------------------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """p(x, z | y) = p(z) p(x | z, y); ``x`` ``(B, *input_shape)``, ``y`` ``(B,)``."""
+        self._check_input(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decode_logits(z, y)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """q(z | x, y) = Normal(mu(x, y), diag sigma(x, y)^2)."""
+        self._check_input(x)
+        loc, scale = self.encode(x, y)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # -- labels ----------------------------------------------------------------------------
     def batch_args(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +100,12 @@ class CVAE(StandardNormalPrior):
             )
         return x, y
 
-    def eval_args(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Arguments of ``log_likelihood(model.model, model.guide, *eval_args(x, y))``: the
-        bound is on ``log p(x | y)``, so labels are needed."""
-        return x, y
+    def eval_args(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: the bound is on ``log p(x | y)``, so evaluation needs the labels."""
+        return self.batch_args(batch)
+
+    def _reconstruct_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.reconstruct(*self.batch_args(batch))
 
     def _one_hot(self, y: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
         # F.one_hot itself rejects labels outside 0..C-1; batch_args validates dataset labels.
@@ -105,7 +114,7 @@ class CVAE(StandardNormalPrior):
 
     # -- networks -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.reshape(*x.shape[: -len(self.input_shape)], -1)
+        flat = self._flat(x)
         return self.encoder(torch.cat([flat, self._one_hot(y, flat.shape[:-1])], -1))
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,9 +126,6 @@ class CVAE(StandardNormalPrior):
 
     def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode(x, self._labels_for(x) if y is None else y)[0]
-
-    def output_bias(self) -> torch.Tensor | None:
-        return self.decoder[-1].bias
 
     @torch.no_grad()
     def _labels_for(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,18 +160,3 @@ class CVAE(StandardNormalPrior):
         reconstruction is most likely."""
         y = self._labels_for(x) if y is None else y
         return self.likelihood.mean(self.decode_logits(self.encode(x, y)[0], y))
-
-    # -- Pyro model and guide -------------------------------------------------------------
-    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """p(x, z | y) = p(z) p(x | z, y); ``x`` ``(B, *input_shape)``, ``y`` ``(B,)``."""
-        self._check_input(x)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decode_logits(z, y)), obs=x)
-
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """q(z | x, y) = Normal(mu(x, y), diag sigma(x, y)^2)."""
-        self._check_input(x)
-        loc, scale = self.encode(x, y)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))

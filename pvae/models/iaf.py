@@ -29,7 +29,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -38,65 +39,75 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from pvae.models.base import ints, option
+from pvae.models.image import ImageConfig
 from pvae.models.registry import register_model
 from pvae.models.vae import VAE
 
 
-@register_model("iaf")
+@dataclass(frozen=True)
+class IAFVAEConfig(ImageConfig):
+    """Options of :class:`IAFVAE`: the VAE's, without ``architecture``, ``beta`` and
+    ``free_bits`` (the IAF guide is not Gaussian, so the analytic per-dimension KL they rely
+    on does not apply)."""
+
+    num_flows: int = option(2, "T, the number of IAF steps (0: the plain VAE guide)", convert=int)
+    flow_hidden: tuple[int, ...] | None = option(
+        None, "hidden sizes of each step's MADE (default 2 x max(32, 2 latent_dim))", convert=ints
+    )
+    stable: bool = option(True, "sigmoid-gated update of Kingma et al.", convert=bool)
+    needs_hidden = True
+
+    def validate(self) -> None:
+        if not self.hidden:
+            raise ValueError("IAFVAE needs at least one hidden layer (its output is the context)")
+        super().validate()
+        if self.num_flows < 0:
+            raise ValueError(f"num_flows must be >= 0, got {self.num_flows}")
+        if self.latent_dim < 2 and self.num_flows > 0:
+            raise ValueError("an autoregressive flow needs latent_dim >= 2")
+        if self.flow_hidden is None:
+            object.__setattr__(self, "flow_hidden", (max(32, 2 * self.latent_dim),) * 2)
+
+
+@register_model("iaf", smoke={"latent_dim": 2, "hidden": [16], "num_flows": 1, "flow_hidden": [8]})
 class IAFVAE(VAE):
     """VAE whose guide is a diagonal Gaussian followed by ``num_flows`` context-dependent IAF steps.
 
-    Args:
-        input_shape, latent_dim, hidden, activation, likelihood: as for
-            :class:`~pvae.models.vae.VAE` (MLP encoder only: its last hidden layer is the
-            context h(x) fed to every flow step).
-        num_flows: T, the number of IAF steps (0 gives the plain VAE guide).
-        flow_hidden: hidden sizes of each step's MADE network (default two layers of
-            ``max(32, 2 * latent_dim)``).
-        stable: use the sigmoid-gated update of [1] (default) instead of ``s * eps + m``.
+    Options (:class:`IAFVAEConfig`): those of every image model (MLP encoder only: its last
+    hidden layer is the context h(x) fed to every flow step), ``num_flows`` T,
+    ``flow_hidden`` (each step's MADE) and ``stable`` (the sigmoid-gated update of [1]
+    instead of ``s * eps + m``).
 
     Shapes: ``x`` ``(B, *input_shape)``; site ``"z"`` ``(B, D)`` (``(K, B, D)`` with K
     importance samples); context ``(B, hidden[-1])``.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 50,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-        num_flows: int = 2,
-        flow_hidden: Sequence[int] | None = None,
-        stable: bool = True,
-    ) -> None:
-        if not list(hidden):
-            raise ValueError("IAFVAE needs at least one hidden layer (its output is the context)")
-        super().__init__(input_shape, latent_dim, hidden, activation, likelihood, "mlp")
-        if int(num_flows) < 0:
-            raise ValueError(f"num_flows must be >= 0, got {num_flows}")
-        if latent_dim < 2 and int(num_flows) > 0:
-            raise ValueError("an autoregressive flow needs latent_dim >= 2")
-        if flow_hidden is None:
-            flow_hidden = [max(32, 2 * int(latent_dim))] * 2
-        flow_hidden = [int(h) for h in flow_hidden]
-        # The IAF guide is not Gaussian, so the VAE's beta and free bits (analytic Gaussian KL
-        # per dimension) do not apply; they stay at 1 and 0 and out of the config.
-        for key in ("architecture", "beta", "free_bits"):
-            del self.config[key]
-        self.config.update(num_flows=int(num_flows), flow_hidden=flow_hidden, stable=bool(stable))
-        context_dim = int(list(hidden)[-1])
+    Config = IAFVAEConfig
+    config: IAFVAEConfig
+
+    def __init__(self, config: IAFVAEConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        context_dim = int(config.hidden[-1])
         self.flows = nn.ModuleList(
             ConditionalAffineAutoregressive(
-                ConditionalAutoRegressiveNN(int(latent_dim), context_dim, flow_hidden),
-                stable=bool(stable),
+                ConditionalAutoRegressiveNN(self.latent_dim, context_dim, list(config.flow_hidden)),
+                stable=config.stable,
             )
-            for _ in range(int(num_flows))
+            for _ in range(config.num_flows)
         )
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x): Gaussian base, then ``num_flows`` IAF steps conditioned on h(x)."""
+        self._check_input(x)
+        q = self.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", q)
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x) as a ``TransformedDistribution``, batch shape ``x.shape[:-len(input_shape)]``."""
-        flat = x.reshape(*x.shape[: -len(self.input_shape)], -1)
+        flat = self._flat(x)
         context = self.encoder.trunk(flat)
         loc, scale = self.encoder.head(context)
         base = dist.Normal(loc, scale).to_event(1)
@@ -106,20 +117,13 @@ class IAFVAE(VAE):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` of the base Gaussian (before the flow), ``(..., D)`` each."""
-        return self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
+        return self.encoder(self._flat(x))
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The flow's image of the base Gaussian's mean (a representative point of q(z | x))."""
-        flat = x.reshape(*x.shape[: -len(self.input_shape)], -1)
+        flat = self._flat(x)
         context = self.encoder.trunk(flat)
         z = self.encoder.head(context)[0]
         for flow in self.flows:
             z = flow.condition(context)(z)
         return z
-
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z | x): Gaussian base, then ``num_flows`` IAF steps conditioned on h(x)."""
-        self._check_input(x)
-        q = self.posterior(x)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", q)

@@ -14,18 +14,19 @@ The labelled/unlabelled split is by batch: ``model(x, y)`` is a labelled batch (
 integers ``(B,)``), ``model(x)`` (``y=None``) an unlabelled one (y summed out exactly by
 enumeration in training, sampled from q(y | x) by plain importance sampling). A dataset's
 batches mark unlabelled data with label ``-1``; :meth:`M2.batch_args` maps an all-``-1`` batch
-to ``(x,)`` and an all-labelled one to ``(x, y)``, and :class:`SemiSupervisedData` builds such
+to ``(x,)`` and an all-labelled one to ``(x, y)``, and
+:class:`pvae.data.semisupervised.SemiSupervisedData` builds such
 batches from a labelled subset and the unlabelled rest. One labelled/unlabelled mode per batch
 keeps the "data" plate one plate and avoids ``obs_mask``'s split sites.
 
 Labelled batches add the classification loss of [1] (Eq. 9) as in Pyro's SS-VAE tutorial [2]:
 an observed site ``"y_aux" ~ q(y | x)`` scaled by ``alpha``, so the training bound of a labelled
 batch is ``ELBO(x, y) + alpha * log q(y | x)`` (with pvae's minibatch scaling N/B applied to it
-like to every site in the data plate). Train with :func:`fit_m2`, i.e. ``fit(m.model, m.guide, data, objective=SemiSupervisedELBO())``
-(``TraceEnum_ELBO(max_plate_nesting=1)`` on unlabelled batches, ``Trace_ELBO`` on labelled
-ones; ``TraceEnum_ELBO`` alone works too but warns on labelled batches). ``fit`` validates with
-that same objective; :meth:`M2.training_setup` adds the validation accuracy of q(y | x) and
-selects the best epoch by it.
+like to every site in the data plate). Train with
+:func:`pvae.infer.semisupervised.fit_semisupervised`, i.e. ``fit(m.model, m.guide, data,
+objective=SemiSupervisedELBO())`` (y summed out exactly on unlabelled batches). ``fit``
+validates with that same objective; :meth:`M2.training_setup` adds the validation accuracy
+of q(y | x) and selects the best epoch by it.
 
 References:
     [1] Kingma, Rezende, Mohamed, Welling. Semi-Supervised Learning with Deep Generative Models.
@@ -35,7 +36,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
@@ -44,12 +45,12 @@ import pyro.poutine as poutine
 import torch
 from torch.nn import functional as F
 
+from pvae.data.semisupervised import UNLABELLED
+from pvae.models.base import ints, option
+from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import StandardNormalPrior
-from pvae.nets import GaussianMLP, mlp, numel
-
-UNLABELLED = -1
+from pvae.nets import ACTIVATIONS, GaussianMLP, mlp, numel
 
 
 def _concat(features: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
@@ -64,172 +65,60 @@ def _concat(features: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
     )
 
 
-@register_model("m2")
+@dataclass(frozen=True)
+class M2Config(ImageConfig):
+    """Options of :class:`M2` (defaults: Pyro's SS-VAE example, alpha measured here)."""
+
+    hidden: tuple[int, ...] = option(
+        (500,),
+        "hidden sizes of the classifier, the z-encoder and (mirrored) the decoder",
+        convert=ints,
+    )
+    activation: str = option("softplus", f"one of {', '.join(ACTIVATIONS)}")
+    num_classes: int = option(10, "C, the number of classes", convert=int)
+    alpha: float = option(
+        300.0, "weight of the classification loss on labelled batches", convert=float
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+
+
+@register_model("m2", smoke={"latent_dim": 2, "hidden": [16]})
 class M2(StandardNormalPrior):
     """Semi-supervised VAE (M2) with a classifier ``q(y | x)`` and ``q(z | x, y)``.
 
-    Args:
-        input_shape: shape of one datum, default ``(1, 28, 28)``.
-        latent_dim: D, default 50 (Pyro's tutorial).
-        hidden: hidden sizes of the classifier, the z-encoder and (mirrored) the decoder,
-            default ``(500,)``.
-        activation: default ``softplus`` (Pyro's tutorial).
-        likelihood: as for :class:`~pvae.models.vae.VAE`.
-        num_classes: C.
-        alpha: weight of the classification loss on labelled batches, default 300. Pyro's
-            example uses 46, which matches Kingma et al.'s ``0.1 N`` when one labelled batch
-            in ~500 carries the term; on MNIST with 100 labels (``benchmarks/m2_accuracy.py``,
-            all 50,000 images, 25 epochs) 300 reached a best validation accuracy of 0.747
-            against 0.686 for 46, and lost less of it with further training.
+    Options (:class:`M2Config`): those of every image model (``latent_dim`` 50, ``hidden``
+    ``(500,)`` and ``softplus`` by default, as Pyro's tutorial), ``num_classes`` C and
+    ``alpha``, the weight of the classification loss on labelled batches (default 300).
+    Pyro's example uses 46, which matches Kingma et al.'s ``0.1 N`` when one labelled batch in
+    ~500 carries the term; on MNIST with 100 labels (``benchmarks/m2_accuracy.py``, all 50,000
+    images, 25 epochs) 300 reached a best validation accuracy of 0.747 against 0.686 for 46,
+    and lost less of it with further training.
 
     Shapes: ``x`` ``(B, *input_shape)``; labels ``y`` ``(B,)`` integers; site ``"z"`` ``(B, D)``
     (``(C, B, D)`` when y is enumerated).
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 50,
-        hidden: Sequence[int] = (500,),
-        activation: str = "softplus",
-        likelihood: str = "bernoulli",
-        num_classes: int = 10,
-        alpha: float = 300.0,
-    ) -> None:
-        super().__init__()
-        input_shape, latent_dim, hidden = self._shared_options(input_shape, latent_dim, hidden)
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not float(alpha) >= 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        self.config = dict(
-            input_shape=list(input_shape),
-            latent_dim=int(latent_dim),
-            hidden=hidden,
-            activation=activation,
-            likelihood=likelihood,
-            num_classes=int(num_classes),
-            alpha=float(alpha),
-        )
-        self.input_shape = input_shape
-        self.latent_dim = int(latent_dim)
-        self.num_classes = c = int(num_classes)
-        self.alpha = float(alpha)
-        pixels = numel(input_shape)
-        self.classifier = mlp([pixels, *hidden, c], activation)
-        self.encoder = GaussianMLP(pixels + c, hidden, self.latent_dim, activation)
-        self.decoder = mlp([self.latent_dim + c, *reversed(hidden), pixels], activation)
-        self.likelihood = Likelihood(likelihood, input_shape)
-        self._register_standard_normal_prior(self.latent_dim)
+    Config = M2Config
+    config: M2Config
+
+    def __init__(self, config: M2Config | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        self.num_classes = c = config.num_classes
+        self.alpha = config.alpha
+        hidden = list(config.hidden)
+        pixels = numel(self.input_shape)
+        self.classifier = mlp([pixels, *hidden, c], config.activation)
+        self.encoder = GaussianMLP(pixels + c, hidden, self.latent_dim, config.activation)
+        self.decoder = mlp([self.latent_dim + c, *reversed(hidden), pixels], config.activation)
+        self.likelihood = Likelihood(config.likelihood, self.input_shape)
         self.register_buffer("label_logits", torch.zeros(c))  # uniform p(y)
-
-    # -- labels ---------------------------------------------------------------------------
-    def batch_args(self, batch: Any) -> tuple[torch.Tensor, ...]:
-        """``(x, y)`` for an all-labelled batch, ``(x,)`` for an all-unlabelled one (labels -1)."""
-        if not isinstance(batch, (tuple, list)):
-            return (batch,)
-        x, y = batch[0], batch[1]
-        unlabelled = y == UNLABELLED
-        if bool(unlabelled.all()):
-            return (x,)
-        if bool(unlabelled.any()):
-            raise ValueError(
-                "M2 batches must be all labelled or all unlabelled (-1); build them with "
-                "pvae.models.m2.SemiSupervisedData"
-            )
-        return x, y
-
-    def eval_args(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor]:
-        """``log_likelihood`` arguments: ``(x,)``, the bound on log p(x) with y summed out."""
-        return (x,)
-
-    def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y.long(), self.num_classes).to(self.prior_loc.dtype)
-
-    def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(*x.shape[: -len(self.input_shape)], -1)
-
-    # -- networks -------------------------------------------------------------------------
-    def classifier_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of q(y | x), ``(B, C)``."""
-        return self.classifier(self._flat(x))
-
-    def training_setup(
-        self, train: Any, *, valid: Any = None, num_labels: int = 100, seed: int = 0
-    ) -> dict:
-        """``fit`` arguments for ``pvae train --model m2``: ``num_labels`` labelled images
-        (balanced, drawn with ``seed``) among the unlabelled rest and :class:`SemiSupervisedELBO`.
-
-        With a labelled ``valid`` set, every epoch records ``valid_bound`` (the bound on
-        log p(x), y summed out, on its images without labels) and ``valid_accuracy`` of
-        q(y | x), and the best checkpoint and early stopping follow ``valid_accuracy``: model
-        selection on labelled validation data, as in Pyro's SS-VAE example (which reports the
-        test accuracy at the best validation accuracy). Pass ``valid=None`` for a run that sees
-        no labels beyond its ``num_labels``.
-        """
-        from pvae.data.images import ImageDataset
-
-        setup: dict[str, Any] = dict(
-            train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
-            objective=SemiSupervisedELBO(),
-            valid_data=None,
-        )
-        if valid is not None:
-            x_valid, y_valid = next(iter(valid.batches(len(valid), shuffle=False)))
-            setup["valid_data"] = ImageDataset(
-                valid.images,
-                torch.full_like(valid.labels, UNLABELLED),
-                binarize=valid.binarize,
-                name=valid.name,
-            )
-
-            def valid_accuracy() -> dict[str, float]:
-                x, y = x_valid.to(self.prior_loc.device), y_valid.to(self.prior_loc.device)
-                return {"valid_accuracy": float((self.classify(x) == y).float().mean())}
-
-            setup["valid_metrics"] = valid_accuracy
-            setup["monitor"] = "valid_accuracy"
-        return setup
-
-    @torch.no_grad()
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """The most probable class under q(y | x), ``(B,)`` integers."""
-        return self.classifier_logits(x).argmax(-1)
-
-    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(_concat(self._flat(x), self._one_hot(y)))
-
-    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode(x, self.classify(x) if y is None else y)[0]
-
-    def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of p(x | z, y), ``(..., *input_shape)``; ``y`` defaults to class 0."""
-        if y is None:
-            y = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
-        logits = self.decoder(_concat(z, self._one_hot(y)))
-        return logits.reshape(*logits.shape[:-1], *self.input_shape)
-
-    def output_bias(self) -> torch.Tensor | None:
-        return self.decoder[-1].bias
-
-    @torch.no_grad()
-    def sample(
-        self,
-        num_samples: int,
-        generator: torch.Generator | None = None,
-        y: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Mean images of p(x | y), without the encoder; ``y`` defaults to ``0, 1, ..., C-1, 0, ...``."""
-        if y is None:
-            y = torch.arange(num_samples, device=self.prior_loc.device) % self.num_classes
-        z = self.prior_sample(num_samples, generator)
-        return self.likelihood.mean(self.decode_logits(z, y))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """E[x | z = guide mean(x, y), y], with ``y`` the classifier's guess when not given."""
-        y = self.classify(x) if y is None else y
-        return self.likelihood.mean(self.decode_logits(self.encode(x, y)[0], y))
 
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
@@ -257,111 +146,121 @@ class M2(StandardNormalPrior):
             loc, scale = self.encode(x, y)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
+    # -- labels ---------------------------------------------------------------------------
+    def batch_args(self, batch: Any) -> tuple[torch.Tensor, ...]:
+        """``(x, y)`` for an all-labelled batch, ``(x,)`` for an all-unlabelled one (labels -1)."""
+        if not isinstance(batch, (tuple, list)):
+            return (batch,)
+        x, y = batch[0], batch[1]
+        unlabelled = y == UNLABELLED
+        if bool(unlabelled.all()):
+            return (x,)
+        if bool(unlabelled.any()):
+            raise ValueError(
+                "M2 batches must be all labelled or all unlabelled (-1); build them with "
+                "pvae.data.semisupervised.SemiSupervisedData"
+            )
+        return x, y
 
-class SemiSupervisedData:
-    """A dataset seen by ``fit`` as alternating labelled and unlabelled batches.
+    def eval_args(self, batch: Any) -> tuple[torch.Tensor]:
+        """``(x,)``: evaluation bounds log p(x), with y summed out (or sampled)."""
+        return (batch[0],) if isinstance(batch, (tuple, list)) else (batch,)
 
-    ``num_labelled`` images (balanced over classes, drawn with ``seed``) keep their labels; every
-    image (labelled ones included, as in [1]) also appears in the unlabelled stream with label
-    ``-1``. An epoch is one pass over the unlabelled stream with the labelled set visited
-    ``labelled_repeats`` times, its batches spread evenly among the unlabelled ones.
-    ``len()`` is the number of images, so ``fit`` scales every batch by N / B.
+    def _one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y.long(), self.num_classes).to(self.prior_loc.dtype)
 
-    Args:
-        dataset: a pvae ``ImageDataset`` (``.images``, ``.labels``, ``.batches``).
-        num_labelled: how many labelled images (a multiple of the number of classes keeps
-            the classes balanced).
-        num_classes: C.
-        labelled_repeats: labelled passes per epoch.
-        seed: seed of the labelled draw.
-    """
+    # -- networks -------------------------------------------------------------------------
+    def classifier_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of q(y | x), ``(B, C)``."""
+        return self.classifier(self._flat(x))
 
-    def __init__(
-        self,
-        dataset: Any,
-        num_labelled: int,
-        num_classes: int = 10,
-        labelled_repeats: int = 1,
-        seed: int = 0,
-    ) -> None:
-        if not 1 <= int(num_labelled) <= len(dataset):
-            raise ValueError(f"num_labelled must be in 1..{len(dataset)}, got {num_labelled}")
-        if int(labelled_repeats) < 1:
-            raise ValueError(f"labelled_repeats must be >= 1, got {labelled_repeats}")
-        self.dataset = dataset
-        self.labelled_repeats = int(labelled_repeats)
-        generator = torch.Generator().manual_seed(seed)
-        labels = dataset.labels
-        per_class = -(-int(num_labelled) // num_classes)
-        chosen = []
-        for c in range(num_classes):
-            members = torch.nonzero(labels == c).flatten()
-            chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-        index = torch.cat(chosen)
-        self.labelled_index = index[torch.randperm(len(index), generator=generator)][
-            : int(num_labelled)
-        ]
-        self.labelled_set = dataset.subset(self.labelled_index)
+    def training_setup(
+        self, train: Any, valid: Any = None, *, num_labels: int = 100, seed: int = 0, **_: Any
+    ) -> dict[str, Any]:
+        """``fit`` arguments for a run of M2: ``num_labels`` labelled images (balanced, drawn
+        with ``seed``) among the unlabelled rest (:class:`SemiSupervisedData`) and
+        :class:`SemiSupervisedELBO`.
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+        With a labelled ``valid`` set, every epoch records ``valid_bound`` (the bound on
+        log p(x), y summed out, on its images without labels) and ``valid_accuracy`` of
+        q(y | x), and the best checkpoint and early stopping follow ``valid_accuracy``: model
+        selection on labelled validation data, as in Pyro's SS-VAE example (which reports the
+        test accuracy at the best validation accuracy). Pass ``valid=None`` for a run that sees
+        no labels beyond its ``num_labels``.
+        """
+        from pvae.data.semisupervised import SemiSupervisedData
+        from pvae.infer.callbacks import ValidMetrics
+        from pvae.infer.semisupervised import SemiSupervisedELBO
 
-    def batches(
-        self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        unlabelled = [
-            (x, torch.full_like(y, UNLABELLED))
-            for x, y in self.dataset.batches(batch_size, shuffle=shuffle, generator=generator)
-        ]
-        labelled = [
-            batch
-            for _ in range(self.labelled_repeats)
-            for batch in self.labelled_set.batches(batch_size, shuffle=shuffle, generator=generator)
-        ]
-        # Spread the labelled batches evenly through the epoch.
-        every = max(1, len(unlabelled) // max(1, len(labelled)))
-        out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, batch in enumerate(unlabelled):
-            if i % every == 0 and labelled:
-                out.append(labelled.pop(0))
-            out.append(batch)
-        out.extend(labelled)
-        return iter(out)
-
-
-class SemiSupervisedELBO(pyro.infer.ELBO):
-    """M2's objective as one Pyro ``ELBO``: ``TraceEnum_ELBO`` (y summed out exactly) on
-    unlabelled batches, ``Trace_ELBO`` on labelled ones (nothing to enumerate there; calling
-    ``TraceEnum_ELBO`` on them would only warn). Pass it as ``fit(..., objective=...)``."""
-
-    def __init__(self, num_particles: int = 1) -> None:
-        super().__init__(num_particles=num_particles, max_plate_nesting=1)
-        self.unlabelled = pyro.infer.TraceEnum_ELBO(
-            num_particles=num_particles, max_plate_nesting=1
+        setup: dict[str, Any] = dict(
+            train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
+            objective=SemiSupervisedELBO(),
+            valid_data=None,
         )
-        self.labelled = pyro.infer.Trace_ELBO(num_particles=num_particles, max_plate_nesting=1)
+        if valid is not None:
+            setup["valid_data"] = valid.without_labels()
 
-    def _pick(self, args: tuple, kwargs: dict) -> pyro.infer.ELBO:
-        y = args[1] if len(args) > 1 else kwargs.get("y")
-        return self.unlabelled if y is None else self.labelled
+            def valid_accuracy() -> dict[str, float]:
+                return {"valid_accuracy": self.accuracy(valid)}
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self._pick(args, kwargs).differentiable_loss(model, guide, *args, **kwargs)
+            setup["callbacks"] = [ValidMetrics(valid_accuracy)]
+            setup["monitor"] = "valid_accuracy"
+        return setup
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        return self._pick(args, kwargs).loss(model, guide, *args, **kwargs)
+    def metrics(self, test: Any) -> dict[str, float]:
+        """``{"test_accuracy": ...}`` of q(y | x) on the labelled test set."""
+        return {"test_accuracy": self.accuracy(test)}
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        return self._pick(args, kwargs).loss_and_grads(model, guide, *args, **kwargs)
+    @torch.no_grad()
+    def accuracy(self, data: Any, batch_size: int = 10000) -> float:
+        """The share of ``data``'s labelled items that q(y | x) classifies correctly."""
+        device = self.prior_loc.device
+        correct, total = 0, 0
+        for x, y in data.batches(batch_size, shuffle=False):
+            x, y = x.to(device), y.to(device)
+            labelled = y != UNLABELLED
+            correct += int((self.classify(x[labelled]) == y[labelled]).sum())
+            total += int(labelled.sum())
+        if total == 0:
+            raise ValueError("accuracy needs labelled data")
+        return correct / total
 
-    def _get_trace(self, model, guide, args, kwargs):  # pragma: no cover - never called
-        return self._pick(args, kwargs)._get_trace(model, guide, args, kwargs)
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class under q(y | x), ``(B,)`` integers."""
+        return self.classifier_logits(x).argmax(-1)
 
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(_concat(self._flat(x), self._one_hot(y)))
 
-def fit_m2(model: M2, data: Any, **fit_kwargs: Any) -> Any:
-    """``pvae.infer.train.fit`` with :class:`SemiSupervisedELBO` (y summed out exactly on
-    unlabelled batches). ``data`` is usually a :class:`SemiSupervisedData`; returns ``fit``'s
-    ``FitResult``."""
-    from pvae.infer.train import fit
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(x, self.classify(x) if y is None else y)[0]
 
-    return fit(model.model, model.guide, data, objective=SemiSupervisedELBO(), **fit_kwargs)
+    def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of p(x | z, y), ``(..., *input_shape)``; ``y`` defaults to class 0."""
+        if y is None:
+            y = torch.zeros(z.shape[:-1], dtype=torch.long, device=z.device)
+        logits = self.decoder(_concat(z, self._one_hot(y)))
+        return logits.reshape(*logits.shape[:-1], *self.input_shape)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean images of p(x | y), without the encoder; ``y`` defaults to ``0, 1, ..., C-1, 0, ...``."""
+        if y is None:
+            y = torch.arange(num_samples, device=self.prior_loc.device) % self.num_classes
+        z = self.prior_sample(num_samples, generator)
+        return self.likelihood.mean(self.decode_logits(z, y))
+
+    def _reconstruct_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.reconstruct(batch[0])
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z = guide mean(x, y), y], with ``y`` the classifier's guess when not given."""
+        y = self.classify(x) if y is None else y
+        return self.likelihood.mean(self.decode_logits(self.encode(x, y)[0], y))

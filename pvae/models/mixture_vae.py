@@ -29,7 +29,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -38,114 +39,67 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvae.distributions import ReparameterizedMixture
+from pvae.models.base import option
+from pvae.models.image import ImageConfig, ImageModel
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import ImageModel
 from pvae.nets import ACTIVATIONS, mlp, numel
 
 
-@register_model("mixture")
+@dataclass(frozen=True)
+class MixtureVAEConfig(ImageConfig):
+    """Options of :class:`MixtureVAE`."""
+
+    latent_dim: int = option(10, "latent dimensions", convert=int)
+    prior_components: int = option(10, "K, components of the learned prior", convert=int)
+    guide_components: int = option(
+        2, "J, components of q(z | x) (1: a Gaussian guide)", convert=int
+    )
+    needs_hidden = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prior_components < 1 or self.guide_components < 1:
+            raise ValueError(
+                f"prior_components and guide_components must be >= 1, got "
+                f"{self.prior_components} and {self.guide_components}"
+            )
+
+
+@register_model("mixture", smoke={"latent_dim": 2, "hidden": [16], "prior_components": 3})
 class MixtureVAE(ImageModel):
     """Mixture-of-Gaussians prior (``prior_components`` = K) and posterior (``guide_components`` = J).
 
-    Args:
-        input_shape: shape of one datum, default ``(1, 28, 28)``.
-        latent_dim: D.
-        hidden: encoder hidden sizes; the decoder mirrors them.
-        activation, likelihood: as for :class:`~pvae.models.vae.VAE`.
-        prior_components: K, components of the learned prior.
-        guide_components: J, components of q(z | x) (1 gives a Gaussian guide).
+    Options (:class:`MixtureVAEConfig`): those of every image model, ``prior_components`` and
+    ``guide_components``.
 
     Shapes: ``x`` ``(B, *input_shape)``; site ``"z"`` ``(B, D)``; the encoder's outputs are
     logits ``(B, J)``, locations and scales ``(B, J, D)``.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 10,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-        prior_components: int = 10,
-        guide_components: int = 2,
-    ) -> None:
-        super().__init__()
-        input_shape, latent_dim, hidden = self._shared_options(
-            input_shape, latent_dim, hidden, needs_hidden=True
-        )
-        if int(prior_components) < 1 or int(guide_components) < 1:
-            raise ValueError(
-                f"prior_components and guide_components must be >= 1, got "
-                f"{prior_components} and {guide_components}"
-            )
-        self.config = dict(
-            input_shape=list(input_shape),
-            latent_dim=int(latent_dim),
-            hidden=hidden,
-            activation=activation,
-            likelihood=likelihood,
-            prior_components=int(prior_components),
-            guide_components=int(guide_components),
-        )
-        self.input_shape = input_shape
-        self.latent_dim = d = int(latent_dim)
-        self.guide_components = j = int(guide_components)
-        k = int(prior_components)
-        pixels = numel(input_shape)
-        trunk = mlp([pixels, *hidden], activation)  # validates the activation's name
-        self.encoder = nn.Sequential(trunk, ACTIVATIONS[activation]())
+    Config = MixtureVAEConfig
+    config: MixtureVAEConfig
+
+    def __init__(self, config: MixtureVAEConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        d = self.latent_dim
+        self.guide_components = j = config.guide_components
+        k = config.prior_components
+        hidden = list(config.hidden)
+        pixels = numel(self.input_shape)
+        trunk = mlp([pixels, *hidden], config.activation)
+        self.encoder = nn.Sequential(trunk, ACTIVATIONS[config.activation]())
         self.encoder_logits = nn.Linear(hidden[-1], j)
         self.encoder_loc = nn.Linear(hidden[-1], j * d)
         self.encoder_scale = nn.Linear(hidden[-1], j * d)
-        self.decoder = mlp([d, *reversed(hidden), pixels], activation)
-        self.likelihood = Likelihood(likelihood, input_shape)
+        self.decoder = mlp([d, *reversed(hidden), pixels], config.activation)
+        self.likelihood = Likelihood(config.likelihood, self.input_shape)
         # Prior components start spread out (a fixed draw, so builds are reproducible), unit scale.
         init = torch.Generator().manual_seed(0)
         self.prior_logits = nn.Parameter(torch.zeros(k))
         self.prior_loc = nn.Parameter(torch.randn(k, d, generator=init))
         self.prior_raw_scale = nn.Parameter(torch.full((k, d), math.log(math.e - 1)))
-
-    # -- distributions ----------------------------------------------------------------------
-    def prior(self) -> dist.TorchDistribution:
-        """p(z) = sum_k pi_k N(m_k, diag s_k^2), event shape ``(D,)``."""
-        components = dist.Normal(self.prior_loc, F.softplus(self.prior_raw_scale) + 1e-4)
-        return dist.MixtureSameFamily(
-            dist.Categorical(logits=self.prior_logits), components.to_event(1)
-        )
-
-    def posterior(self, x: torch.Tensor) -> ReparameterizedMixture:
-        """q(z | x), batch shape ``x.shape[:-len(input_shape)]``, event shape ``(D,)``."""
-        h = self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
-        shape = (*h.shape[:-1], self.guide_components, self.latent_dim)
-        loc = self.encoder_loc(h).reshape(shape)
-        scale = F.softplus(self.encoder_scale(h)).reshape(shape) + 1e-4
-        return ReparameterizedMixture(
-            torch.distributions.Categorical(logits=self.encoder_logits(h)),
-            torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1),
-        )
-
-    # -- networks -------------------------------------------------------------------------
-    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        return self.posterior(x).mean
-
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
-
-    def output_bias(self) -> torch.Tensor | None:
-        return self.decoder[-1].bias
-
-    def prior_sample(
-        self, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Draws from the mixture prior, ``(n, D)``: a component, then its Gaussian."""
-        probs = torch.softmax(self.prior_logits, -1)
-        index = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
-        eps = torch.randn(
-            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
-        )
-        scale = F.softplus(self.prior_raw_scale) + 1e-4
-        return self.prior_loc[index] + scale[index] * eps
 
     # -- Pyro model and guide -------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
@@ -161,3 +115,41 @@ class MixtureVAE(ImageModel):
         q = self.posterior(x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", q)
+
+    # -- distributions ----------------------------------------------------------------------
+    def prior(self) -> dist.TorchDistribution:
+        """p(z) = sum_k pi_k N(m_k, diag s_k^2), event shape ``(D,)``."""
+        components = dist.Normal(self.prior_loc, F.softplus(self.prior_raw_scale) + 1e-4)
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=self.prior_logits), components.to_event(1)
+        )
+
+    def posterior(self, x: torch.Tensor) -> ReparameterizedMixture:
+        """q(z | x), batch shape ``x.shape[:-len(input_shape)]``, event shape ``(D,)``."""
+        h = self.encoder(self._flat(x))
+        shape = (*h.shape[:-1], self.guide_components, self.latent_dim)
+        loc = self.encoder_loc(h).reshape(shape)
+        scale = F.softplus(self.encoder_scale(h)).reshape(shape) + 1e-4
+        return ReparameterizedMixture(
+            torch.distributions.Categorical(logits=self.encoder_logits(h)),
+            torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1),
+        )
+
+    # -- networks -------------------------------------------------------------------------
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.posterior(x).mean
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
+
+    def prior_sample(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draws from the mixture prior, ``(n, D)``: a component, then its Gaussian."""
+        probs = torch.softmax(self.prior_logits, -1)
+        index = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+        eps = torch.randn(
+            num_samples, self.latent_dim, generator=generator, device=self.prior_loc.device
+        )
+        scale = F.softplus(self.prior_raw_scale) + 1e-4
+        return self.prior_loc[index] + scale[index] * eps

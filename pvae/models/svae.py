@@ -25,7 +25,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -34,65 +35,79 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvae.distributions import HypersphericalUniform, VonMisesFisher
+from pvae.models.base import ints, option
+from pvae.models.image import ImageConfig, ImageModel
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.models.vae import ImageModel
 from pvae.nets import ACTIVATIONS, mlp, numel
 
 
-@register_model("svae")
+@dataclass(frozen=True)
+class HypersphericalVAEConfig(ImageConfig):
+    """Options of :class:`HypersphericalVAE`."""
+
+    latent_dim: int = option(
+        10, "d, the ambient dimension of the sphere S^(d-1) (>= 2)", convert=int
+    )
+    hidden: tuple[int, ...] = option(
+        (256, 128), "encoder hidden sizes (the decoder mirrors them)", convert=ints
+    )
+    needs_hidden = True
+
+    def validate(self) -> None:
+        if self.latent_dim < 2:
+            raise ValueError(
+                f"latent_dim is the ambient dimension d of the sphere S^(d-1) and must be >= 2, "
+                f"got {self.latent_dim}"
+            )
+        super().validate()
+
+
+@register_model("svae", smoke={"latent_dim": 3, "hidden": [16]})
 class HypersphericalVAE(ImageModel):
     """VAE with a von Mises-Fisher posterior and a uniform prior on ``S^(latent_dim - 1)``.
 
-    Args:
-        input_shape: shape of one datum, default ``(1, 28, 28)``.
-        latent_dim: d, the ambient dimension of the sphere (``>= 2``; ``d = 3`` is the
-            2-sphere, with as many degrees of freedom as a 2-dimensional Gaussian latent).
-        hidden: encoder hidden sizes, default ``(256, 128)``; the decoder mirrors them.
-        activation: default ``relu``.
-        likelihood: as for :class:`~pvae.models.vae.VAE`.
+    Options (:class:`HypersphericalVAEConfig`): those of every image model, with
+    ``latent_dim`` d the ambient dimension of the sphere (``d = 3`` is the 2-sphere, with as
+    many degrees of freedom as a 2-dimensional Gaussian latent) and default hidden sizes
+    ``(256, 128)``.
 
     Shapes: ``x`` ``(B, *input_shape)``; site ``"z"`` ``(B, d)`` on the unit sphere.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        latent_dim: int = 10,
-        hidden: Sequence[int] = (256, 128),
-        activation: str = "relu",
-        likelihood: str = "bernoulli",
-    ) -> None:
-        super().__init__()
-        if int(latent_dim) < 2:
-            raise ValueError(
-                f"latent_dim is the ambient dimension d of the sphere S^(d-1) and must be >= 2, "
-                f"got {latent_dim}"
-            )
-        input_shape, latent_dim, hidden = self._shared_options(
-            input_shape, latent_dim, hidden, needs_hidden=True
-        )
-        self.config = dict(
-            input_shape=list(input_shape),
-            latent_dim=int(latent_dim),
-            hidden=hidden,
-            activation=activation,
-            likelihood=likelihood,
-        )
-        self.input_shape = input_shape
-        self.latent_dim = int(latent_dim)
-        pixels = numel(input_shape)
-        trunk = mlp([pixels, *hidden], activation)  # validates the activation's name
-        self.encoder = nn.Sequential(trunk, ACTIVATIONS[activation]())
+    Config = HypersphericalVAEConfig
+    config: HypersphericalVAEConfig
+
+    def __init__(self, config: HypersphericalVAEConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        hidden = list(config.hidden)
+        pixels = numel(self.input_shape)
+        trunk = mlp([pixels, *hidden], config.activation)
+        self.encoder = nn.Sequential(trunk, ACTIVATIONS[config.activation]())
         self.encoder_direction = nn.Linear(hidden[-1], self.latent_dim)
         self.encoder_concentration = nn.Linear(hidden[-1], 1)
-        self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], activation)
-        self.likelihood = Likelihood(likelihood, input_shape)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
+        self.likelihood = Likelihood(config.likelihood, self.input_shape)
         self.register_buffer("_anchor", torch.zeros(()))  # carries dtype and device
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) = Uniform(z; S^(d-1)) p(x | z); ``x`` ``(B, *input_shape)``."""
+        self._check_input(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x) = vMF(mu(x), kappa(x))."""
+        self._check_input(x)
+        loc, kappa = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", VonMisesFisher(loc, kappa))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, kappa)``: mean direction ``(..., d)`` of unit norm and concentration ``(...)``."""
-        h = self.encoder(x.reshape(*x.shape[: -len(self.input_shape)], -1))
+        h = self.encoder(self._flat(x))
         direction = self.encoder_direction(h)
         loc = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(1e-12)
         kappa = F.softplus(self.encoder_concentration(h)).squeeze(-1) + 1.0
@@ -104,9 +119,6 @@ class HypersphericalVAE(ImageModel):
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
-
-    def output_bias(self) -> torch.Tensor | None:
-        return self.decoder[-1].bias
 
     def prior(self) -> dist.TorchDistribution:
         return HypersphericalUniform(self.latent_dim, like=self._anchor)
@@ -123,17 +135,3 @@ class HypersphericalVAE(ImageModel):
             device=self._anchor.device,
         )
         return g / torch.linalg.vector_norm(g, dim=-1, keepdim=True)
-
-    def model(self, x: torch.Tensor) -> None:
-        """p(x, z) = Uniform(z; S^(d-1)) p(x | z); ``x`` ``(B, *input_shape)``."""
-        self._check_input(x)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
-
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) = vMF(mu(x), kappa(x))."""
-        self._check_input(x)
-        loc, kappa = self.encode(x)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", VonMisesFisher(loc, kappa))
