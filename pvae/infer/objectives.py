@@ -1,9 +1,12 @@
 """Training objectives: the ELBO, the importance-weighted bound, and its DReG estimator.
 
-Each objective is a callable ``objective(model, guide, *args, scale=N/B, **kwargs)`` returning an
-:class:`ObjectiveValue`: a differentiable ``loss`` to minimise and ``bound``, the value of the
-bound summed over the minibatch (nats, detached). Any Pyro ``ELBO`` instance (``TraceEnum_ELBO``
-for enumerated discrete latents, for example) is accepted too, through :class:`PyroObjective`.
+Each objective is a callable ``objective(model, guide, *args, num_data=N, **kwargs)`` returning
+an :class:`ObjectiveValue`: a differentiable ``loss`` to minimise and ``bound``, the value of the
+bound summed over the minibatch (nats, detached). ``num_data`` is the number of independent units
+in the dataset: the sites in the ``"data"`` plate are scaled by ``N / plate size``
+(:func:`pvae.infer.trace.plate_scale`); ``scale=`` instead multiplies them by a fixed factor.
+Any Pyro ``ELBO`` instance (``TraceEnum_ELBO`` for enumerated discrete latents, for example) is
+accepted too, through :class:`PyroObjective`.
 
 References:
     [1] Kingma, Welling. Auto-Encoding Variational Bayes. ICLR 2014. arXiv:1312.6114
@@ -23,13 +26,15 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO as PyroELBO
 from pyro.infer.inspect import get_dependencies
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from torch.distributions import kl_divergence
 
 from pvae.infer.trace import (
+    DataScaleMessenger,
     data_frame,
-    data_scale,
     latent_sites,
     per_datum_log_weights,
+    plate_scale,
     probe_max_plate_nesting,
     reduce_to_particle_data,
     scored_sites,
@@ -43,6 +48,9 @@ from pvae.infer.trace import (
 class ObjectiveValue:
     loss: torch.Tensor  # differentiable surrogate, minimised
     bound: torch.Tensor  # detached: the bound, summed over the minibatch's data (nats)
+    # The "data" plate's frame (its size, and full_size where Pyro subsamples): how many units
+    # ``bound`` sums over (plate_scale(data_plate, num_data).units). None: no data plate seen.
+    data_plate: CondIndepStackFrame | None = None
 
 
 class Objective:
@@ -64,8 +72,22 @@ class Objective:
             self._nesting[key] = probe_max_plate_nesting(model, guide, args, kwargs)
         return self._nesting[key]
 
-    def __call__(self, model, guide, *args, scale: float = 1.0, **kwargs) -> ObjectiveValue:
+    def __call__(
+        self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
+    ) -> ObjectiveValue:
         raise NotImplementedError
+
+
+def _minibatch_factor(
+    frame: CondIndepStackFrame | None, num_data: int | None, scale: float
+) -> float:
+    """The factor the data plate's sites carry: read from the plate with ``num_data``
+    (Pyro's own subsampling included), else the fixed ``scale``."""
+    if num_data is None:
+        return scale
+    if scale != 1.0:
+        raise ValueError("pass num_data (scaling read from the data plate) or scale, not both")
+    return plate_scale(frame, num_data).total if frame is not None else 1.0
 
 
 def _check_reparameterized(guide_trace) -> None:
@@ -113,18 +135,16 @@ class ELBO(Objective):
         self._kl_sites[key] = frozenset(eligible)
         return self._kl_sites[key]
 
-    def __call__(self, model, guide, *args, scale: float = 1.0, **kwargs) -> ObjectiveValue:
+    def __call__(
+        self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
+    ) -> ObjectiveValue:
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         particles = self.num_particles if self.num_particles > 1 else None
-        model_trace, guide_trace = trace_model_guide(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=particles,
-            max_plate_nesting=nesting,
-            scale=scale,
-        )
+        scaling = DataScaleMessenger(num_data, scale=scale)
+        with scaling:
+            model_trace, guide_trace = trace_model_guide(
+                model, guide, args, kwargs, num_particles=particles, max_plate_nesting=nesting
+            )
         _check_reparameterized(guide_trace)
         kl_sites = self._eligible_kl_sites(model, guide, args, kwargs, guide_trace)
         # Terms are grouped by scale and multiplied once per group: fewer autograd nodes.
@@ -152,7 +172,10 @@ class ELBO(Objective):
         surrogate = elbo if self.beta == 1.0 else observed_total + self.beta * latent_total
         if self.num_particles > 1:
             elbo, surrogate = elbo / self.num_particles, surrogate / self.num_particles
-        return ObjectiveValue(loss=-surrogate, bound=elbo.detach() / scale)
+        factor = _minibatch_factor(scaling.frame, num_data, scale)
+        return ObjectiveValue(
+            loss=-surrogate, bound=elbo.detach() / factor, data_plate=scaling.frame
+        )
 
 
 def _accumulate(groups: dict, scale, term: torch.Tensor) -> None:
@@ -200,9 +223,11 @@ class IWAE(Objective):
             raise ValueError(f"estimator must be 'standard' or 'dreg', got {estimator!r}")
         self.estimator = estimator
 
-    def __call__(self, model, guide, *args, scale: float = 1.0, **kwargs) -> ObjectiveValue:
+    def __call__(
+        self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
+    ) -> ObjectiveValue:
         if self.estimator == "dreg":
-            return self._dreg(model, guide, args, kwargs, scale)
+            return self._dreg(model, guide, args, kwargs, num_data, scale)
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         model_trace, guide_trace = trace_model_guide(
             model,
@@ -215,9 +240,11 @@ class IWAE(Objective):
         _check_reparameterized(guide_trace)
         log_w = per_datum_log_weights(model_trace, guide_trace, max_plate_nesting=nesting)
         bound = (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
-        return ObjectiveValue(loss=-scale * bound, bound=bound.detach())
+        frame = data_frame(model_trace)
+        scale = _minibatch_factor(frame, num_data, scale)
+        return ObjectiveValue(loss=-scale * bound, bound=bound.detach(), data_plate=frame)
 
-    def _dreg(self, model, guide, args, kwargs, scale: float) -> ObjectiveValue:
+    def _dreg(self, model, guide, args, kwargs, num_data, scale: float) -> ObjectiveValue:
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         k = self.num_particles
         vmodel = vectorize(model, k, nesting)
@@ -272,8 +299,9 @@ class IWAE(Objective):
         normalized = torch.softmax(log_w.detach(), dim=0)  # (K, B)
         weights["w"] = normalized
         bound = (torch.logsumexp(log_w.detach(), dim=0) - math.log(k)).sum()
-        loss = -scale * (normalized * surrogate_log_w).sum()
-        return ObjectiveValue(loss=loss, bound=bound)
+        frame = data_frame(model_trace)
+        loss = -_minibatch_factor(frame, num_data, scale) * (normalized * surrogate_log_w).sum()
+        return ObjectiveValue(loss=loss, bound=bound, data_plate=frame)
 
 
 # DReG with one latent site scores it from the first guide trace; the tests switch this off
@@ -316,13 +344,18 @@ class PyroObjective(Objective):
         self.elbo = elbo
         self.name = type(elbo).__name__
 
-    def __call__(self, model, guide, *args, scale: float = 1.0, **kwargs) -> ObjectiveValue:
+    def __call__(
+        self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
+    ) -> ObjectiveValue:
+        model_scaling = DataScaleMessenger(num_data, scale=scale)
+        guide_scaling = DataScaleMessenger(num_data, scale=scale)
+
         def scaled_model(*a, **k):
-            with data_scale(scale):
+            with model_scaling:
                 return model(*a, **k)
 
         def scaled_guide(*a, **k):
-            with data_scale(scale):
+            with guide_scaling:
                 return guide(*a, **k)
 
         if torch.is_grad_enabled():
@@ -331,7 +364,9 @@ class PyroObjective(Objective):
             # Validation and probes: some ELBOs (TraceEnum_ELBO) refuse differentiable_loss
             # when nothing requires grad.
             loss = torch.as_tensor(self.elbo.loss(scaled_model, scaled_guide, *args, **kwargs))
-        return ObjectiveValue(loss=loss, bound=-loss.detach() / scale)
+        frame = model_scaling.frame if model_scaling.frame is not None else guide_scaling.frame
+        factor = _minibatch_factor(frame, num_data, scale)
+        return ObjectiveValue(loss=loss, bound=-loss.detach() / factor, data_plate=frame)
 
 
 def make_objective(

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
@@ -25,36 +26,87 @@ DATA_PLATE = "data"
 PARTICLE_PLATE = "particles"
 
 
-class DataScaleMessenger(Messenger):
-    """Multiplies the scale of every sample site inside the ``"data"`` plate by ``scale``.
+class PlateScale(NamedTuple):
+    """How one minibatch is scaled, read from the ``"data"`` plate (see :func:`plate_scale`)."""
 
-    This implements minibatch scaling N/B for models written with
-    ``pyro.plate("data", x.shape[0])``, leaving sites outside the plate (global latents)
-    unscaled. Plates that already subsample themselves (``subsample_size``) are left alone.
+    applied: float  # the factor DataScaleMessenger multiplies the plate's sites by
+    total: float  # the sites' whole minibatch factor: ``applied`` times Pyro's subsampling
+    units: int  # the independent units (of ``num_data``) the minibatch holds
+
+
+def plate_scale(frame: CondIndepStackFrame, num_data: int) -> PlateScale:
+    """Minibatch scaling of the sites in the ``"data"`` plate ``frame``, for a dataset of
+    ``num_data`` independent units (``len(train_data)``).
+
+    The rule: the plate ranges over the units a minibatch subsamples, so its sites are scaled by
+    ``num_data / size``, ``size`` being the plate's size at the site. Two cases differ:
+
+    - Pyro subsamples the plate itself (``pyro.plate("data", N, subsample_size=B)`` or
+      ``subsample=``: the frame's ``full_size`` differs from its ``size``): Pyro already scales
+      its sites by ``N / B``, and nothing is added.
+    - The plate is larger than the dataset (``size > num_data``): a batch never holds more units
+      than the dataset, so the plate ranges over parts of one unit (the nodes of one graph),
+      the batch is the whole dataset, and the factor is 1. The limitation: a batch of several
+      graphs must put its graphs, not their nodes, in the ``"data"`` plate (nodes in a nested
+      plate); a plate of nodes from a few of many graphs would be scaled as if nodes were units.
+    """
+    size = frame.size
+    if frame.full_size is not None and frame.full_size != size:
+        return PlateScale(1.0, frame.full_size / size, size)
+    if size > num_data:
+        return PlateScale(1.0, 1.0, num_data)
+    scale = num_data / size
+    return PlateScale(scale, scale, size)
+
+
+class DataScaleMessenger(Messenger):
+    """Minibatch scaling of every sample site inside the ``"data"`` plate, read from the plate.
+
+    With ``num_data`` (the dataset's number of independent units) each site in the plate is
+    scaled by :func:`plate_scale`, i.e. ``num_data / size`` with ``size`` the plate's size at
+    that site; with ``scale`` instead, by that fixed factor (the interface before ``num_data``;
+    plates that Pyro subsamples itself are left alone). Sites outside the plate (global
+    latents) are never scaled.
+
+    ``frame`` is the ``"data"`` plate's frame at the first site inside it (``None`` until one is
+    seen): the objectives read the minibatch's factor and number of units from it.
     """
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, num_data: int | None = None, *, scale: float = 1.0) -> None:
         super().__init__()
+        if num_data is not None and scale != 1.0:
+            raise ValueError("pass num_data (scaling read from the data plate) or scale, not both")
+        if num_data is not None and int(num_data) < 1:
+            raise ValueError(f"num_data must be >= 1, got {num_data}")
+        self.num_data = None if num_data is None else int(num_data)
         self.scale = scale
+        self.frame: CondIndepStackFrame | None = None
 
     def _process_message(self, msg: dict[str, Any]) -> None:
         if msg["type"] != "sample":
             return
         for frame in msg["cond_indep_stack"]:
-            if frame.name == DATA_PLATE and (
-                frame.full_size is None or frame.full_size == frame.size
-            ):
-                msg["scale"] = self.scale * msg["scale"]
+            if frame.name == DATA_PLATE:
+                if self.frame is None:
+                    self.frame = frame
+                if self.num_data is not None:
+                    factor = plate_scale(frame, self.num_data).applied
+                elif frame.full_size is None or frame.full_size == frame.size:
+                    factor = self.scale
+                else:
+                    factor = 1.0
+                if factor != 1.0:
+                    msg["scale"] = factor * msg["scale"]
                 return
 
 
 @contextmanager
-def data_scale(scale: float) -> Iterator[None]:
+def data_scale(scale: float = 1.0, *, num_data: int | None = None) -> Iterator[None]:
     """Context manager form of :class:`DataScaleMessenger`."""
-    if scale == 1.0:
+    if scale == 1.0 and num_data is None:
         yield
         return
-    with DataScaleMessenger(scale):
+    with DataScaleMessenger(num_data, scale=scale):
         yield
 
 

@@ -1,29 +1,32 @@
 """One training entry point for any model/guide pair: :func:`fit`.
 
 ``fit`` runs stochastic variational inference with a pvae objective (``"elbo"``, ``"iwae"``,
-``"dreg"``) or any Pyro ``ELBO``, with minibatch scaling of the ``"data"`` plate, KL annealing,
-a learning-rate schedule, gradient clipping, validation and early stopping, progress bars, and
-checkpoints written atomically every epoch (and every ``checkpoint_every`` steps) from which a
-killed run resumes bit for bit.
+``"dreg"``) or any Pyro ``ELBO``, with minibatch scaling read from the ``"data"`` plate, KL
+annealing, a learning-rate schedule, gradient clipping, validation and early stopping, callbacks
+(:mod:`pvae.infer.callbacks`), progress bars, and checkpoints written atomically every epoch (and
+every ``checkpoint_every`` steps) from which a killed run resumes bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 from pyro.infer import ELBO as PyroELBO
 from pyro.params.param_store import StateDict
 from tqdm.auto import tqdm
 
+from pvae.infer.callbacks import Callback, EpochEndHook, KLAnnealing, TrainState, ValidMetrics
 from pvae.infer.checkpoint import (
     CheckpointError,
     check_same_model,
@@ -33,6 +36,7 @@ from pvae.infer.checkpoint import (
     set_rng_state,
 )
 from pvae.infer.objectives import ELBO, Objective, PyroObjective, make_objective
+from pvae.infer.trace import plate_scale
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -59,9 +63,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int | None = None  # steps; None: only at the end of each epoch
-    valid_particles: int | None = None  # K for the validation bound (default: the objective's)
     # The epoch record's key (higher is better) that picks checkpoint_best.pt and drives early
-    # stopping: "valid_bound", or a key that fit's valid_metrics returns ("valid_accuracy").
+    # stopping: "valid_bound", or a key that fit's valid_metrics (or a callback) adds
+    # ("valid_accuracy").
     monitor: str = "valid_bound"
 
     def __post_init__(self) -> None:
@@ -191,6 +195,7 @@ def fit(
     batch_args: Callable[[Any], tuple] | None = None,
     param_state: StateDict | None = None,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     valid_metrics: Callable[[], dict[str, float]] | None = None,
     **config_overrides: Any,
@@ -203,7 +208,7 @@ def fit(
             plain functions train the ``pyro.param`` values they create, kept in
             ``param_state`` (a fresh, private store by default: see ``FitResult.params``).
         train_data: a pvae dataset (with ``.batches``), a tensor of data, or a re-iterable of
-            batches (a ``DataLoader``), with a length.
+            batches (a ``DataLoader``), with a length: its number of independent units.
         valid_data: the same kinds; evaluated after every epoch: ``valid_elbo`` and the
             training bound ``valid_bound`` with pvae's objectives; with a Pyro ``ELBO`` (which
             may enumerate discrete sites) only ``valid_bound``, that ELBO's value.
@@ -215,23 +220,46 @@ def fit(
         resume: continue from ``checkpoint_dir/checkpoint_last.pt`` if it exists.
         batch_args: maps a batch to the model's positional arguments (default: ``(x,)``; for a
             model object with a ``batch_args`` method, that method).
-        on_epoch_end: called with each epoch's record (after its checkpoint is written).
+        callbacks: :class:`~pvae.infer.callbacks.Callback` instances, called in order
+            (see :mod:`pvae.infer.callbacks` for the hooks and when they run).
+        on_epoch_end: called with each epoch's record after its checkpoint is written: the
+            same as ``callbacks=[EpochEndHook(on_epoch_end)]`` (after the other callbacks).
         valid_metrics: called without gradients after every epoch; the numbers it returns
-            (``{"valid_accuracy": ...}``) join the epoch's record, where ``config.monitor``
-            can select them for the best checkpoint and early stopping.
+            (``{"valid_accuracy": ...}``) join the epoch's record: the same as
+            ``callbacks=[ValidMetrics(valid_metrics)]`` (before the other callbacks).
+
+    Minibatch scaling comes from the ``"data"`` plate: each objective evaluation gets
+    ``num_data=len(train_data)``, and a site in the plate is scaled by ``num_data / size`` of
+    the plate at that site (:func:`pvae.infer.trace.plate_scale`: a plate that Pyro subsamples
+    itself keeps Pyro's factor; a plate larger than the dataset, the nodes of one graph, is the
+    whole dataset and is not scaled). ``train_bound`` is the bound per unit.
 
     The best checkpoint and early stopping follow ``config.monitor`` (default
-    ``"valid_bound"``), when the record has it.
+    ``"valid_bound"``), when the record has it. It must be in the record when validation is
+    configured (``valid_data``, a :class:`~pvae.infer.callbacks.ValidMetrics`) or the monitor
+    is not the default.
+
+    ``fit`` seeds the global random generators with ``config.seed`` (as
+    ``pyro.set_rng_seed``) for its own stream and restores the caller's states (``random``,
+    numpy, torch, CUDA) when it returns or raises.
     """
     config = config or TrainConfig()
     if config_overrides:
         config = TrainConfig(**{**asdict(config), **config_overrides})
     objective = make_objective(objective, num_particles)
-    if config.monitor != "valid_bound" and valid_metrics is None:
+    user_callbacks = [
+        *([ValidMetrics(valid_metrics)] if valid_metrics is not None else []),
+        *callbacks,
+        *([EpochEndHook(on_epoch_end)] if on_epoch_end is not None else []),
+    ]
+    if config.monitor != "valid_bound" and not any(
+        type(c).on_epoch_end is not Callback.on_epoch_end for c in user_callbacks
+    ):
         raise ValueError(
-            f"monitor={config.monitor!r} needs valid_metrics returning it (the validation "
-            "bound is 'valid_bound')"
+            f"monitor={config.monitor!r} needs valid_metrics (or a callback's on_epoch_end) "
+            "returning it (the validation bound is 'valid_bound')"
         )
+    annealing = [KLAnnealing(config.kl_anneal_epochs)] if config.kl_anneal_epochs > 0 else []
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
@@ -241,197 +269,331 @@ def fit(
     if batch_args is None:
         owner_batch_args = getattr(modules[0], "batch_args", None) if modules else None
         batch_args = owner_batch_args or _default_batch_args
-    num_data = _num_data(train_data)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    model_class, model_config = _model_identity(model, guide)
-
-    generator = torch.Generator().manual_seed(config.seed)
-    pyro.set_rng_seed(config.seed)
     result = FitResult(
         param_state=param_state if param_state is not None else {"params": {}, "constraints": {}}
     )
-    start_time = time.perf_counter()
+    with _caller_rng_kept():
+        training = _Training(
+            model,
+            guide,
+            train_data,
+            valid_data=valid_data,
+            objective=objective,
+            config=config,
+            callbacks=[*annealing, *user_callbacks],
+            modules=modules,
+            batch_args=batch_args,
+            device=device,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+            progress=progress,
+            result=result,
+        )
+        with pyro.get_param_store().scope(result.param_state):
+            training.run(resume)
+    return result
 
-    with pyro.get_param_store().scope(result.param_state):
-        # One pass without gradients creates any pyro.param sites and checks the model.
+
+@contextmanager
+def _caller_rng_kept() -> Iterator[None]:
+    """Restores the global generators (``random``, numpy, torch, CUDA) that ``fit`` reseeds.
+
+    CUDA's generators are saved when CUDA is initialised on entry; otherwise they are reseeded
+    on exit with the caller's torch seed (``torch.initial_seed()``), as a first use of CUDA
+    after ``torch.manual_seed`` would find them.
+    """
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    caller_seed = torch.initial_seed()
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if not cuda_devices and torch.cuda.is_available():
+            torch.cuda.manual_seed_all(caller_seed)
+
+
+class _Training:
+    """One run of :func:`fit`: the state its steps share, and the steps."""
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        train_data: Any,
+        *,
+        valid_data: Any,
+        objective: Objective,
+        config: TrainConfig,
+        callbacks: list[Callback],
+        modules: list[torch.nn.Module],
+        batch_args: Callable[[Any], tuple],
+        device: torch.device,
+        checkpoint_dir: Path | None,
+        progress: bool,
+        result: FitResult,
+    ) -> None:
+        self.model, self.guide = model, guide
+        self.train_data, self.valid_data = train_data, valid_data
+        self.objective, self.config, self.callbacks = objective, config, callbacks
+        self.modules, self.batch_args, self.device = modules, batch_args, device
+        self.checkpoint_dir, self.progress, self.result = checkpoint_dir, progress, result
+        self.num_data = _num_data(train_data)
+        self.model_class, self.model_config = _model_identity(model, guide)
+        self.monitoring = (
+            valid_data is not None
+            or config.monitor != "valid_bound"
+            or any(isinstance(c, ValidMetrics) for c in callbacks)
+        )
+        self.state = TrainState(
+            model=modules[0] if modules else None,
+            train_data=train_data,
+            epoch=0,
+            device=device,
+            objective=objective,
+            steps_per_epoch=math.ceil(self.num_data / config.batch_size),
+        )
+        self.epoch_start_state: torch.Tensor | None = None  # the data generator's, for resumes
+        self.resume_generator_state: torch.Tensor | None = None  # from checkpoint_last.pt
+        self.epoch_totals: tuple[float, int] = (0.0, 0)  # running (bound, units) at mid-epoch saves
+        self.bad_epochs = 0
+
+    def run(self, resume: bool) -> None:
+        # The data stream has its own generator; the model's draws use the global ones, seeded
+        # here (fit restores the caller's states afterwards).
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        pyro.set_rng_seed(self.config.seed)
+        self.start_time = time.perf_counter()
+        self._probe()
+        start_epoch, skip_steps, resumed_totals = 0, 0, (0.0, 0)
+        if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / LAST).exists():
+            resumed = self._resume()
+            if resumed is None:
+                return
+            start_epoch, skip_steps, resumed_totals = resumed
+        for epoch in range(start_epoch, self.config.epochs):
+            total_bound, seen = self._run_epoch(epoch, skip_steps, resumed_totals)
+            skip_steps = 0
+            if self._end_of_epoch(epoch, total_bound, seen):
+                self.result.stopped_early = True
+                break
+        self.result.wall_time += time.perf_counter() - self.start_time
+
+    def _probe(self) -> None:
+        """One pass without gradients creates any pyro.param sites and checks the model."""
+        config = self.config
         first = _to_device(
-            next(iter(_iterate(train_data, config.batch_size, False, generator))), device
+            next(iter(_iterate(self.train_data, config.batch_size, False, self.generator))),
+            self.device,
         )
         with torch.no_grad():
             try:
-                objective.max_plate_nesting(model, guide, batch_args(first), {})
-                objective(model, guide, *batch_args(first), scale=1.0)
+                self.objective.max_plate_nesting(self.model, self.guide, self.batch_args(first), {})
+                self.objective(self.model, self.guide, *self.batch_args(first), scale=1.0)
             except ValueError as error:
                 first_line = str(error).splitlines()[0] if str(error) else ""
                 if "found invalid values" not in first_line:
                     raise
                 raise ValueError(f"the first batch: {first_line.rstrip(':')}") from None
-        generator.manual_seed(config.seed)  # the probe must not shift the data stream
-        params = _collect_params(modules)
-        if not params:
+        self.generator.manual_seed(config.seed)  # the probe must not shift the data stream
+        self.params = _collect_params(self.modules)
+        if not self.params:
             raise ValueError("the model and guide have no parameters to train")
-        optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=config.lr, betas=config.betas, eps=config.eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
 
-        start_epoch, skip_steps = 0, 0
-        resumed_totals: tuple[float, int] = (0.0, 0)
-        epoch_totals: tuple[float, int] = (0.0, 0)  # running (bound, data) for mid-epoch saves
-        epoch_start_generator = None
-        if resume and checkpoint_dir is not None and (checkpoint_dir / LAST).exists():
-            payload = load_checkpoint(checkpoint_dir / LAST, map_location=device)
-            check_same_model(payload, model_class, model_config, checkpoint_dir / LAST)
-            _load_state(payload, modules, optimizer, scheduler)
-            result.history = payload["history"]
-            result.best_epoch = payload.get("best_epoch")
-            result.best_valid = payload.get("best_valid")
-            start_epoch, skip_steps = payload["epoch"], payload.get("step", 0)
-            epoch_start_generator = payload.get("epoch_start_generator")
-            resumed_totals = tuple(payload.get("epoch_totals") or (0.0, 0))
-            set_rng_state(payload["rng"], generator)
-            result.wall_time = payload.get("wall_time", 0.0)
-            if payload.get("stopped_early") or start_epoch >= config.epochs:
-                result.stopped_early = bool(payload.get("stopped_early"))
-                return result
+    def _resume(self) -> tuple[int, int, tuple[float, int]] | None:
+        """Loads ``checkpoint_last.pt``: ``(epoch, step, running totals)`` to continue from, or
+        ``None`` when that run is already complete."""
+        path = self.checkpoint_dir / LAST
+        payload = load_checkpoint(path, map_location=self.device)
+        check_same_model(payload, self.model_class, self.model_config, path)
+        _load_state(payload, self.modules, self.optimizer, self.scheduler)
+        result = self.result
+        result.history = payload["history"]
+        result.best_epoch = payload.get("best_epoch")
+        result.best_valid = payload.get("best_valid")
+        start_epoch, skip_steps = payload["epoch"], payload.get("step", 0)
+        self.resume_generator_state = payload.get("epoch_start_generator")
+        resumed_totals = tuple(payload.get("epoch_totals") or (0.0, 0))
+        set_rng_state(payload["rng"], self.generator)
+        result.wall_time = payload.get("wall_time", 0.0)
+        if payload.get("stopped_early") or start_epoch >= self.config.epochs:
+            result.stopped_early = bool(payload.get("stopped_early"))
+            return None
+        return start_epoch, skip_steps, resumed_totals
 
-        def checkpoint(epoch: int, step: int, path_name: str = LAST, stopped_early=False) -> None:
-            if checkpoint_dir is None:
-                return
-            save_checkpoint(
-                checkpoint_dir / path_name,
-                {
-                    "model_class": model_class,
-                    "model_config": model_config,
-                    "modules": [m.state_dict() for m in modules],
-                    "param_store": pyro.get_param_store().get_state(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "epoch_start_generator": epoch_start_state,
-                    "rng": rng_state(generator),
-                    "config": asdict(config),
-                    "objective": objective.name,
-                    "num_particles": objective.num_particles,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_valid": result.best_valid,
-                    "wall_time": result.wall_time + time.perf_counter() - start_time,
-                    "stopped_early": stopped_early,
-                    "epoch_totals": epoch_totals,
-                },
-            )
+    def _checkpoint(
+        self, epoch: int, step: int, path_name: str = LAST, stopped_early: bool = False
+    ) -> None:
+        if self.checkpoint_dir is None:
+            return
+        result, config = self.result, self.config
+        save_checkpoint(
+            self.checkpoint_dir / path_name,
+            {
+                "model_class": self.model_class,
+                "model_config": self.model_config,
+                "modules": [m.state_dict() for m in self.modules],
+                "param_store": pyro.get_param_store().get_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "epoch_start_generator": self.epoch_start_state,
+                "rng": rng_state(self.generator),
+                "config": asdict(config),
+                "objective": self.objective.name,
+                "num_particles": self.objective.num_particles,
+                "history": result.history,
+                "best_epoch": result.best_epoch,
+                "best_valid": result.best_valid,
+                "wall_time": result.wall_time + time.perf_counter() - self.start_time,
+                "stopped_early": stopped_early,
+                "epoch_totals": self.epoch_totals,
+            },
+        )
 
-        bad_epochs = 0
-        for epoch in range(start_epoch, config.epochs):
-            if skip_steps and epoch_start_generator is not None:
-                # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
-                # generator ends in the state it had when the checkpoint was written.
-                generator.set_state(epoch_start_generator)
-            epoch_start_state = generator.get_state()
-            batches = iter(_iterate(train_data, config.batch_size, True, generator))
-            for _ in range(skip_steps):
-                next(batches)
-            total_bound, seen = resumed_totals if skip_steps else (0.0, 0)
-            steps_per_epoch = math.ceil(num_data / config.batch_size)
-            bar = tqdm(
-                batches,
-                total=steps_per_epoch,
-                initial=skip_steps,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="batch",
-                disable=not progress,
-                leave=False,
-            )
-            for step, batch in enumerate(bar, start=skip_steps):
-                batch = _to_device(batch, device)
-                size = _batch_len(batch)
-                if config.kl_anneal_epochs > 0:
-                    objective.beta = min(
-                        1.0, (epoch + step / steps_per_epoch) / config.kl_anneal_epochs
-                    )
-                try:
-                    value = objective(model, guide, *batch_args(batch), scale=num_data / size)
-                except ValueError as error:
-                    # Distribution validation: parameters that overflowed to inf/nan are a
-                    # divergence; a value outside its support is a data or model error.
-                    # Either way one line, not a tensor dump.
-                    first = str(error).splitlines()[0] if str(error) else ""
-                    invalid = "found invalid values" in first
-                    if not _all_finite(params) or (
-                        invalid and first.startswith("Expected parameter")
-                    ):
-                        raise _diverged(epoch, step, first) from None
-                    if invalid:
-                        raise ValueError(
-                            f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
-                        ) from None
-                    raise
-                if not torch.isfinite(value.loss):
-                    raise _diverged(epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                value.loss.backward()
-                if config.clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_norm)
-                optimizer.step()
-                total_bound += float(value.bound)
-                seen += size
-                if progress and step % 20 == 0:
-                    bar.set_postfix(bound=f"{total_bound / seen:.2f}")
-                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-                    epoch_totals = (total_bound, seen)
-                    checkpoint(epoch, step + 1)
-            bar.close()
-            if not _all_finite(params):  # the epoch's last step may have diverged
+    def _run_epoch(
+        self, epoch: int, skip_steps: int, resumed_totals: tuple[float, int]
+    ) -> tuple[float, int]:
+        """The epoch's optimizer steps (after ``skip_steps`` already taken): returns the
+        bound summed over the epoch and the number of units it covers."""
+        config, generator, state = self.config, self.generator, self.state
+        objective, model, guide = self.objective, self.model, self.guide
+        if skip_steps and self.resume_generator_state is not None:
+            # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
+            # generator ends in the state it had when the checkpoint was written.
+            generator.set_state(self.resume_generator_state)
+        self.epoch_start_state = generator.get_state()
+        state.epoch = epoch
+        for callback in self.callbacks:
+            callback.on_epoch_start(state)
+        batches = iter(_iterate(self.train_data, config.batch_size, True, generator))
+        for _ in range(skip_steps):
+            next(batches)
+        bound, seen = resumed_totals if skip_steps else (0.0, 0)
+        # The running total stays on the device: the host reads it for the progress bar, at
+        # mid-epoch checkpoints and at the end of the epoch, not after every step.
+        total_bound = torch.tensor(bound, dtype=torch.float64, device=self.device)
+        bar = tqdm(
+            batches,
+            total=state.steps_per_epoch,
+            initial=skip_steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=False,
+        )
+        step = skip_steps
+        for step, batch in enumerate(bar, start=skip_steps):
+            batch = _to_device(batch, self.device)
+            state.step = step
+            for callback in self.callbacks:
+                callback.on_step_start(state)
+            try:
+                value = objective(model, guide, *self.batch_args(batch), num_data=self.num_data)
+            except ValueError as error:
+                # Distribution validation: parameters that overflowed to inf/nan are a
+                # divergence; a value outside its support is a data or model error.
+                # Either way one line, not a tensor dump.
+                first = str(error).splitlines()[0] if str(error) else ""
+                invalid = "found invalid values" in first
+                if not _all_finite(self.params) or (
+                    invalid and first.startswith("Expected parameter")
+                ):
+                    raise _diverged(epoch, step, first) from None
+                if invalid:
+                    raise ValueError(
+                        f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
+                    ) from None
+                raise
+            if not torch.isfinite(value.loss):
                 raise _diverged(epoch, step)
-            skip_steps = 0
-            with warnings.catch_warnings():
-                # A run resumed after its epoch's last step takes no optimizer step in this
-                # epoch; the schedule still advances once per epoch, as uninterrupted.
-                warnings.filterwarnings(
-                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+            self.optimizer.zero_grad(set_to_none=True)
+            value.loss.backward()
+            if config.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, config.clip_norm)
+            self.optimizer.step()
+            total_bound += torch.as_tensor(value.bound).detach()
+            seen += _units(value, batch, self.num_data)
+            if self.progress and step % 20 == 0:
+                bar.set_postfix(bound=f"{float(total_bound) / seen:.2f}")
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                self.epoch_totals = (float(total_bound), seen)
+                self._checkpoint(epoch, step + 1)
+        bar.close()
+        if not _all_finite(self.params):  # the epoch's last step may have diverged
+            raise _diverged(epoch, step)
+        return float(total_bound), seen
+
+    def _end_of_epoch(self, epoch: int, total_bound: float, seen: int) -> bool:
+        """The schedule, validation, callbacks, best checkpoint and the epoch's checkpoint;
+        returns whether early stopping ends the run."""
+        config, result, state = self.config, self.result, self.state
+        with warnings.catch_warnings():
+            # A run resumed after its epoch's last step takes no optimizer step in this
+            # epoch; the schedule still advances once per epoch, as uninterrupted.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
+        record = {
+            "epoch": epoch + 1,
+            "train_bound": total_bound / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time": time.perf_counter() - self.start_time + result.wall_time,
+        }
+        if self.valid_data is not None:
+            record.update(
+                _validate(
+                    self.model,
+                    self.guide,
+                    self.valid_data,
+                    self.objective,
+                    config,
+                    self.batch_args,
+                    self.device,
                 )
-                scheduler.step()
-            objective.beta = 1.0
-            record = {
-                "epoch": epoch + 1,
-                "train_bound": total_bound / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "time": time.perf_counter() - start_time + result.wall_time,
-            }
-            if valid_data is not None:
-                record.update(
-                    _validate(model, guide, valid_data, objective, config, batch_args, device)
-                )
-            if valid_metrics is not None:
-                with torch.no_grad():
-                    record.update({k: float(v) for k, v in valid_metrics().items()})
-            result.history.append(record)
-            monitored = record.get(config.monitor)
-            if monitored is None and (valid_data is not None or valid_metrics is not None):
-                raise ValueError(
-                    f"monitor={config.monitor!r} is not in the epoch record "
-                    f"(keys: {', '.join(sorted(record))})"
-                )
-            if monitored is not None:
-                if result.best_valid is None or monitored > result.best_valid:
-                    result.best_valid, result.best_epoch = monitored, epoch + 1
-                    bad_epochs = 0
-                    checkpoint(epoch + 1, 0, BEST)
-                else:
-                    bad_epochs += 1
-            epoch_start_state = generator.get_state()
-            stop = (
-                config.early_stopping_patience is not None
-                and bad_epochs >= config.early_stopping_patience
             )
-            checkpoint(epoch + 1, 0, stopped_early=stop)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if stop:
-                result.stopped_early = True
-                break
-    result.wall_time += time.perf_counter() - start_time
-    return result
+        state.epoch = epoch
+        for callback in self.callbacks:
+            callback.on_epoch_end(state, record)
+        result.history.append(record)
+        monitored = record.get(config.monitor)
+        if monitored is None and self.monitoring:
+            raise ValueError(
+                f"monitor={config.monitor!r} is not in the epoch record "
+                f"(keys: {', '.join(sorted(record))})"
+            )
+        if monitored is not None:
+            if result.best_valid is None or monitored > result.best_valid:
+                result.best_valid, result.best_epoch = monitored, epoch + 1
+                self.bad_epochs = 0
+                self._checkpoint(epoch + 1, 0, BEST)
+            else:
+                self.bad_epochs += 1
+        self.epoch_start_state = self.generator.get_state()
+        stop = (
+            config.early_stopping_patience is not None
+            and self.bad_epochs >= config.early_stopping_patience
+        )
+        self._checkpoint(epoch + 1, 0, stopped_early=stop)
+        for callback in self.callbacks:
+            callback.on_epoch_recorded(state, record)
+        return stop
+
+
+def _units(value: Any, batch: Any, num_data: int | None) -> int:
+    """The independent units a minibatch's bound sums over: from its ``"data"`` plate when the
+    objective reports it (one graph whose nodes fill the plate is one unit), else the batch's
+    leading dimension."""
+    frame = getattr(value, "data_plate", None)
+    if frame is None or num_data is None:
+        return _batch_len(batch)
+    return plate_scale(frame, num_data).units
 
 
 def _all_finite(params: list[torch.Tensor]) -> bool:
@@ -491,17 +653,23 @@ def _validate(model, guide, data, objective, config, batch_args, device) -> dict
     use_training_bound = not (isinstance(objective, ELBO) and objective.num_particles == 1)
     totals = {"valid_elbo": 0.0, "valid_bound": 0.0}
     seen = 0
+    try:
+        num_data = _num_data(data)
+    except ValueError:
+        num_data = None
     generator = torch.Generator().manual_seed(config.seed + 1)
     for batch in _iterate(data, config.batch_size, False, generator):
         batch = _to_device(batch, device)
         args = batch_args(batch)
         if elbo is not None:
-            totals["valid_elbo"] += float(elbo(model, guide, *args).bound)
+            value = elbo(model, guide, *args)
+            totals["valid_elbo"] += float(value.bound)
         if use_training_bound:
             beta, objective.beta = objective.beta, 1.0
-            totals["valid_bound"] += float(objective(model, guide, *args).bound)
+            value = objective(model, guide, *args)
+            totals["valid_bound"] += float(value.bound)
             objective.beta = beta
-        seen += _batch_len(batch)
+        seen += _units(value, batch, num_data)
     record = {k: v / max(seen, 1) for k, v in totals.items()}
     if elbo is None:
         del record["valid_elbo"]

@@ -1,11 +1,18 @@
 import math
+import random
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from pvae.infer.checkpoint import CheckpointError
+from pvae.infer.objectives import ELBO, IWAE
+from pvae.infer.trace import plate_scale
 from pvae.infer.train import LAST, TrainConfig, TrainingError, burda_lr_factor, fit
 from pvae.models import VAE
 
@@ -355,3 +362,177 @@ def test_values_outside_their_support_are_one_line_errors_not_divergence():
     with pyro.validation_enabled(False):
         result = fit(model, guide, halves, **options)
     assert math.isfinite(result.history[-1]["train_bound"])
+
+
+# -- minibatch scaling from the "data" plate ------------------------------------------------
+
+
+class SiteScales(Messenger):
+    """Records the final scale of every sample site, after every other handler."""
+
+    def __init__(self):
+        super().__init__()
+        self.scales = {}
+
+    def _postprocess_message(self, msg):
+        if msg["type"] == "sample" and not site_is_subsample(msg):
+            self.scales.setdefault(msg["name"], set()).add(float(msg["scale"]))
+
+
+class RecordingELBO(ELBO):
+    """pvae's ELBO that keeps, for each training step, its value and the sites' scales."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def __call__(self, model, guide, *args, **kwargs):
+        spy = SiteScales()
+        with spy:
+            value = super().__call__(model, guide, *args, **kwargs)
+        if torch.is_grad_enabled():
+            self.steps.append((value, spy.scales))
+        return value
+
+
+def node_model(x):
+    loc = pyro.param("loc", torch.zeros(x.shape[-1]))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(loc + z, 1.0).to_event(1), obs=x)
+
+
+def node_guide(x):
+    w = pyro.param("w", torch.zeros(x.shape[-1], 1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x @ w, 0.5).to_event(1))
+
+
+class OneGraph:
+    """A dataset of one graph (one independent unit) whose 50 nodes fill the "data" plate."""
+
+    def __init__(self, nodes=50, features=3):
+        self.x = torch.randn(nodes, features, generator=torch.Generator().manual_seed(0)) + 1.0
+
+    def __len__(self):
+        return 1
+
+    def batches(self, batch_size, *, shuffle=True, generator=None):
+        yield self.x
+
+
+def test_one_graph_whose_nodes_fill_the_data_plate_is_not_scaled():
+    objective = RecordingELBO()
+    result = fit(node_model, node_guide, OneGraph(), objective=objective, epochs=3, progress=False)
+    assert len(objective.steps) == 3
+    for (value, scales), record in zip(objective.steps, result.history, strict=True):
+        assert scales == {"z": {1.0}, "x": {1.0}}
+        # Scale 1: the loss is the unscaled negative ELBO of the whole graph, and the
+        # bound per unit is the graph's bound (one unit, not 50 nodes).
+        assert value.loss.item() == -value.bound.item()
+        assert record["train_bound"] == value.bound.item()
+
+
+def test_image_batches_are_scaled_by_n_over_b_including_the_last_short_batch():
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(1))
+    objective = RecordingELBO()
+    result = fit(
+        node_model, node_guide, x, objective=objective, epochs=2, batch_size=4, progress=False
+    )
+    scales = [s for _, s in objective.steps]
+    expected = [{"z": {10 / 4}, "x": {10 / 4}}] * 2 + [{"z": {10 / 2}, "x": {10 / 2}}]
+    assert scales == expected * 2
+    # The bound is unscaled: train_bound is its sum over the epoch per datum.
+    for epoch in range(2):
+        values = objective.steps[3 * epoch : 3 * epoch + 3]
+        total = sum(float(value.bound) for value, _ in values)
+        assert result.history[epoch]["train_bound"] == pytest.approx(total / 10, rel=1e-12)
+
+
+def test_a_plate_that_pyro_subsamples_keeps_pyros_scale_only():
+    n, b = 20, 5
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", n, subsample_size=b) as index:
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(loc + z, 1.0).to_event(1), obs=x[index])
+
+    def guide(x):
+        w = pyro.param("w", torch.zeros(3, 1))
+        with pyro.plate("data", n, subsample_size=b) as index:
+            pyro.sample("z", dist.Normal(x[index] @ w, 0.5).to_event(1))
+
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(2))
+    objective = RecordingELBO()
+    result = fit(model, guide, x, objective=objective, epochs=2, batch_size=n, progress=False)
+    for _, scales in objective.steps:
+        assert scales == {"z": {n / b}, "x": {n / b}}  # Pyro's N / B, not (N / B) ** 2
+    # The bound is per subsampled datum.
+    value = objective.steps[-1][0]
+    assert result.history[-1]["train_bound"] == pytest.approx(float(value.bound) / b, rel=1e-12)
+    # The importance-weighted objectives honour Pyro's factor too.
+    with result.params():
+        iwae = IWAE(2)(model, guide, x, num_data=n)
+    assert iwae.loss.item() == pytest.approx(-(n / b) * iwae.bound.item(), rel=1e-12)
+
+
+def test_plate_scale_rule():
+    def frame(size, full_size=None):
+        return CondIndepStackFrame("data", -1, size, 0, full_size if full_size else size)
+
+    assert plate_scale(frame(32), 1000) == (1000 / 32, 1000 / 32, 32)
+    assert plate_scale(frame(8), 1000) == (125.0, 125.0, 8)  # a short last batch
+    assert plate_scale(frame(50), 1) == (1.0, 1.0, 1)  # one graph's nodes
+    assert plate_scale(frame(5, 20), 20) == (1.0, 4.0, 5)  # Pyro subsamples itself
+    with pytest.raises(ValueError, match="not both"):
+        ELBO()(node_model, node_guide, torch.zeros(4, 3), num_data=4, scale=2.0)
+
+
+# -- the caller's random state ------------------------------------------------------------
+
+
+def draws():
+    return torch.rand(1).item(), random.random(), float(np.random.rand())
+
+
+def seed_all(seed):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def test_fit_leaves_the_callers_random_state_alone():
+    x = small_data(64)
+    seed_all(11)
+    expected = draws()
+    seed_all(11)
+    vae = VAE(latent_dim=4, hidden=(32,))
+    seed_all(11)
+    first = fit(vae.model, vae.guide, x, epochs=1, batch_size=32, seed=5, progress=False)
+    assert draws() == expected
+    # ... and when fit raises.
+    seed_all(11)
+    with pytest.raises(ValueError, match="needs valid_metrics"):
+        fit(vae.model, vae.guide, x, epochs=1, progress=False, monitor="valid_accuracy")
+    assert draws() == expected
+
+    def failing(x_):
+        vae.model(x_)
+        raise RuntimeError("in the model")
+
+    seed_all(11)
+    with pytest.raises(RuntimeError, match="in the model"):
+        fit(failing, vae.guide, x, epochs=1, progress=False)
+    assert draws() == expected
+    # Inside fit the stream is config.seed's whatever the caller's state.
+    again = VAE(latent_dim=4, hidden=(32,))
+    again.load_state_dict(small_vae_state(11))
+    seed_all(99)
+    second = fit(again.model, again.guide, x, epochs=1, batch_size=32, seed=5, progress=False)
+    assert second.history[0]["train_bound"] == first.history[0]["train_bound"]
+
+
+def small_vae_state(seed):
+    torch.manual_seed(seed)
+    return VAE(latent_dim=4, hidden=(32,)).state_dict()
