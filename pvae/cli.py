@@ -1,7 +1,9 @@
 """The ``pvae`` command line: ``pvae train | evaluate | sample | diagnose``.
 
-Every command validates its input up front and fails with one line on stderr (exit code 2),
-never a bare traceback. ``pvae train`` writes a run folder (see :mod:`pvae.runs`).
+This module only parses: each command turns its flags into arguments of the runner
+(:mod:`pvae.runs`) and prints what it returns. Every command validates its input up front and
+fails with one line on stderr (exit code 2), never a bare traceback. ``pvae train`` writes a
+run folder (see :mod:`pvae.runs.folder`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument(
-        "--model", default="vae", help="registered model name (see `pvae train --model list`)"
+        "--model",
+        default="vae",
+        help="registered model name (`pvae train --model list` lists them with their options)",
     )
     train.add_argument(
         "--dataset", default="mnist", help="dataset name: mnist, binarized_mnist or omniglot"
@@ -92,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         type=_model_option,
-        help="any other constructor argument of the model, VALUE read as JSON (else a string); "
-        "repeatable, e.g. --model-option beta=4 --model-option free_bits=0.5",
+        help="any other option of the model's config, VALUE read as JSON (else a string); "
+        "repeatable, e.g. --model-option beta=4 --model-option free_bits=0.5; "
+        "`pvae train --model list` shows each model's options",
     )
     train.add_argument(
         "--objective",
@@ -163,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-labels",
         type=_positive_int,
         default=100,
-        help="labelled training images for semi-supervised models (m2); others ignore it",
+        help="labelled training items for semi-supervised models (m2); others ignore it",
     )
     train.add_argument(
         "--train-size",
@@ -240,22 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
 _MODEL_FLAGS = ("latent_dim", "hidden", "activation", "likelihood", "architecture")
 
 
-def _model_config(args: argparse.Namespace, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    config: dict[str, Any] = {"input_shape": list(input_shape)}
-    for key in _MODEL_FLAGS:
-        value = getattr(args, key)
-        if value is not None:
-            config[key] = value
-    for key, value in args.model_option:
-        if key == "input_shape":
-            raise CLIError("--model-option input_shape=...: the dataset sets the input shape")
-        if key in _MODEL_FLAGS:
-            flag = "--" + key.replace("_", "-")
-            raise CLIError(f"--model-option {key}=...: set {key} with its own flag, {flag}")
-        config[key] = value
-    return config
-
-
 def _model_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` -> ``(key, value)``; VALUE is parsed as JSON when it is JSON."""
     key, sep, value = text.partition("=")
@@ -268,314 +256,122 @@ def _model_option(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-        clip_norm=args.clip_norm,
-        kl_anneal_epochs=args.kl_anneal,
-        early_stopping_patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-    )
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in _MODEL_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    for key, value in args.model_option:
+        if key == "input_shape":
+            raise CLIError("--model-option input_shape=...: the dataset sets the input shape")
+        if key in _MODEL_FLAGS:
+            flag = "--" + key.replace("_", "-")
+            raise CLIError(f"--model-option {key}=...: set {key} with its own flag, {flag}")
+        options[key] = value
+    return options
 
 
-def _prepare_run_dir(out: Path, resume: bool, config: dict) -> None:
-    from pvae.runs import read_json, run_status, set_status, write_json
+def _list_models() -> str:
+    from pvae.models.registry import available_models, get_model_class
 
-    status = run_status(out)
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            what = "a completed run" if status == "complete" else "an unfinished run"
-            raise CLIError(
-                f"{out} already holds {what}; pass --resume to continue it or choose another --out"
-            )
-        if (out / "config.json").exists():
-            saved = read_json(out / "config.json")
-            for key in ("model", "dataset", "model_config", "objective", "num_particles"):
-                if saved.get(key) != config.get(key):
-                    raise CLIError(
-                        f"cannot resume {out}: its {key} is {saved.get(key)!r}, not {config.get(key)!r}"
-                    )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config)
-    set_status(out, "running")
+    lines = []
+    for name in available_models():
+        cls = get_model_class(name)
+        lines.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for option, default, text in cls.Config.describe():
+            if option not in cls.data_keys:
+                shown = list(default) if isinstance(default, tuple) else default
+                lines.append(f"    {option} (default {json.dumps(shown)}): {text}")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from pvae.data import load_dataset
-    from pvae.evaluation import LogLikelihood, log_likelihood
-    from pvae.infer.train import TrainConfig, fit
-    from pvae.models.registry import available_models, build_model
-    from pvae.runs import CHECKPOINTS, set_status, write_json
+    from pvae.infer.train import TrainConfig
+    from pvae.models.registry import available_models
+    from pvae.runs import TrainSpec, train_run
 
     if args.model == "list":
-        print("\n".join(available_models()))
+        print(_list_models())
         return 0
     if args.model not in available_models():
         raise CLIError(f"unknown model {args.model!r}; available: {', '.join(available_models())}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError("--device cuda was requested but CUDA is not available on this machine")
     if args.objective in ("iwae", "dreg") and args.num_particles < 2:
         print(
             "pvae: note: --objective iwae with --num-particles 1 equals the ELBO", file=sys.stderr
         )
-    train_config = TrainConfig(**_train_config_dict(args))
-    progress = not args.no_progress
-
-    train = load_dataset(args.dataset, "train", size=args.train_size, progress=progress)
-    valid = load_dataset(args.dataset, "valid", progress=progress)
-    test = load_dataset(args.dataset, "test", size=args.eval_size, progress=progress)
-    if args.train_size is not None:
-        valid = valid.subset(min(len(valid), max(100, args.train_size // 5)))
-
-    input_shape = tuple(train.images.shape[1:])
-    model_config = _model_config(args, input_shape)
-    torch.manual_seed(args.seed)  # initialisation follows --seed; torch's default seed varies
-    model = build_model(args.model, **model_config)
-    out = Path(args.out or f"runs/{args.model}-{args.dataset}-{args.objective}")
-    config = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "model_config": model.config,
-        "objective": args.objective,
-        "num_particles": args.num_particles,
-        "train": _train_config_dict(args),
-        "eval_samples": args.eval_samples,
-        "eval_size": len(test),
-        "train_size": len(train),
-        "command": "pvae " + " ".join(args.argv),
-    }
-    _prepare_run_dir(out, args.resume, config)
-    try:
-        if not args.resume and hasattr(model, "initialize_output_bias"):
-            model.initialize_output_bias(train.images.mean(0))
-
-        def report_epoch(record: dict) -> None:
-            if progress:
-                valid_text = "".join(
-                    f", {key.replace('_', ' ').replace('elbo', 'ELBO')} {value:.{4 if 'accuracy' in key else 2}f}"
-                    for key, value in record.items()
-                    if key.startswith("valid_")
-                    and not (key == "valid_bound" and record.get("valid_elbo") == value)
-                )
-                print(
-                    f"epoch {record['epoch']}: train bound {record['train_bound']:.2f}{valid_text} "
-                    f"({record['time']:.0f}s)",
-                    file=sys.stderr,
-                )
-
-        fit_kwargs: dict[str, Any] = dict(
-            train_data=train,
-            valid_data=valid,
-            objective=args.objective,
-            num_particles=args.num_particles,
-        )
-        # A model that needs its own data stream or objective (M2: labelled and unlabelled
-        # batches, y enumerated) says so through training_setup(train, valid=, num_labels=,
-        # seed=).
-        training_setup = getattr(model, "training_setup", None)
-        if training_setup is not None:
-            fit_kwargs.update(
-                training_setup(train, valid=valid, num_labels=args.num_labels, seed=args.seed)
-            )
-        result = fit(
-            model.model,
-            model.guide,
-            **fit_kwargs,
-            config=train_config,
-            checkpoint_dir=out / CHECKPOINTS,
-            resume=args.resume,
-            progress=progress,
-            on_epoch_end=report_epoch,
-        )
-        from pvae.runs import load_run
-
-        model, _ = load_run(out, "best", device=args.device)
-        x_test, y_test = _eval_tensors(test)
-        eval_start = time.perf_counter()
-        values = log_likelihood(
-            model.model,
-            model.guide,
-            *_likelihood_args(model, x_test.to(args.device), y_test.to(args.device)),
-            num_samples=args.eval_samples,
-            progress=progress,
-        )
-        estimate = LogLikelihood(values.cpu(), args.eval_samples)
-        metrics = {
-            "history": result.history,
-            "best_epoch": result.best_epoch,
-            "best_valid": result.best_valid,
-            "stopped_early": result.stopped_early,
-            "test_nll": -estimate.mean,
-            "test_nll_stderr": estimate.stderr,
-            "eval_samples": args.eval_samples,
-            "eval_size": int(values.numel()),
-            "train_wall_time": result.wall_time,
-            "eval_wall_time": time.perf_counter() - eval_start,
-        }
-        if hasattr(model, "classify"):
-            predictions = model.classify(x_test.to(args.device)).cpu()
-            metrics["test_accuracy"] = float((predictions == y_test).float().mean())
-        _write_figures_and_report(out, model, config, metrics, x_test, args.seed)
-        write_json(out / "metrics.json", metrics)
-        set_status(out, "complete")
-    except BaseException as error:
-        set_status(out, "failed", error=f"{type(error).__name__}: {error}")
-        raise
+    spec = TrainSpec(
+        model=args.model,
+        dataset=args.dataset,
+        model_options=_model_options(args),
+        objective=args.objective,
+        num_particles=args.num_particles,
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+            clip_norm=args.clip_norm,
+            kl_anneal_epochs=args.kl_anneal,
+            early_stopping_patience=args.patience,
+            seed=args.seed,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+        ),
+        eval_samples=args.eval_samples,
+        eval_size=args.eval_size,
+        train_size=args.train_size,
+        num_labels=args.num_labels,
+        out=Path(args.out) if args.out else None,
+        resume=args.resume,
+        progress=not args.no_progress,
+        command="pvae " + " ".join(args.argv),
+    )
+    metrics = train_run(spec)
+    extra = "".join(f", {key} {value:.4f}" for key, value in metrics["model_metrics"].items())
     print(
         f"test NLL {metrics['test_nll']:.2f} +- {metrics['test_nll_stderr']:.2f} nats "
-        f"(K={args.eval_samples}, {metrics['eval_size']} images); report: {out / 'report.md'}"
+        f"(K={metrics['eval_samples']}, {metrics['eval_size']} items){extra}; "
+        f"report: {spec.run_dir / 'report.md'}"
     )
     return 0
 
 
-def _eval_tensors(dataset) -> tuple[Any, Any]:
-    """The dataset's evaluation images (binarized once, as stored) and labels."""
-    import torch
-
-    batches = dataset.batches(
-        len(dataset), shuffle=False, generator=torch.Generator().manual_seed(0)
-    )
-    xs, ys = zip(*batches, strict=True)
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _eval_tensor(dataset) -> Any:
-    return _eval_tensors(dataset)[0]
-
-
-def _likelihood_args(model, x, y) -> tuple:
-    """``log_likelihood``'s data arguments: ``model.eval_args(x, y)`` for conditional models."""
-    eval_args = getattr(model, "eval_args", None)
-    return tuple(eval_args(x, y)) if eval_args is not None else (x,)
-
-
-def _write_figures_and_report(
-    out: Path, model, config: dict, metrics: dict, x_test, seed: int
-) -> None:
-    import torch
-
-    from pvae.figures import image_grid, loss_curve
-
-    loss_curve(
-        metrics["history"],
-        out / "loss_curve.png",
-        title=f"{config['model']} on {config['dataset']}",
-    )
-    generator = torch.Generator().manual_seed(seed)
-    image_grid(model.sample(64, generator=generator).cpu(), out / "samples.png", nrow=8)
-    originals = x_test[:32].cpu()
-    recon = model.reconstruct(x_test[:32]).cpu()
-    pairs = torch.stack([originals, recon], dim=1).reshape(-1, *originals.shape[1:])
-    image_grid(pairs, out / "reconstructions.png", nrow=8)
-    last = metrics["history"][-1]
-    lines = [
-        f"# {config['model']} on {config['dataset']}",
-        "",
-        f"Command: `{config['command']}`",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| test NLL (nats, K={metrics['eval_samples']}, {metrics['eval_size']} images) | "
-        f"{metrics['test_nll']:.2f} ± {metrics['test_nll_stderr']:.2f} |",
-        *(
-            [
-                f"| test accuracy (q(y \\| x), {metrics['eval_size']} images) | {metrics['test_accuracy']:.4f} |"
-            ]
-            if "test_accuracy" in metrics
-            else []
-        ),
-        f"| best epoch (validation) | {metrics['best_epoch']} of {last['epoch']} |",
-        f"| train bound, last epoch (nats per image) | {last['train_bound']:.2f} |",
-        f"| valid ELBO, last epoch | "
-        f"{last.get('valid_elbo', last.get('valid_bound', float('nan'))):.2f} |",
-        *(
-            [f"| valid accuracy, best epoch | {metrics['best_valid']:.4f} |"]
-            if "valid_accuracy" in last and metrics.get("best_valid") is not None
-            else []
-        ),
-        f"| objective | {config['objective']} (K={config['num_particles']}) |",
-        f"| latent | {json.dumps(config['model_config'])} |",
-        f"| training time | {metrics['train_wall_time']:.0f} s |",
-        f"| evaluation time | {metrics['eval_wall_time']:.0f} s |",
-        "",
-        "The ± is the standard error of the mean over test images. The NLL is an importance-sampled",
-        "upper bound on -log p(x) that tightens as K grows (Burda et al. 2015).",
-        "",
-        "## Training curve",
-        "![loss curve](loss_curve.png)",
-        "",
-        "## Samples from the prior",
-        "![samples](samples.png)",
-        "",
-        "## Reconstructions (odd columns: test images; even columns: reconstructions)",
-        "![reconstructions](reconstructions.png)",
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(lines))
-
-
 # -- evaluate, sample, diagnose ------------------------------------------------------------------
-def _load(run_dir: str, which: str, device: str = "cpu"):
-    from pvae.runs import load_run
-
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise CLIError(f"run folder {path} does not exist")
-    return load_run(path, which, device=device)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pvae.data import load_dataset
-    from pvae.evaluation import LogLikelihood, log_likelihood
-    from pvae.runs import write_json
+    from pvae.runs import evaluate_run
 
-    model, config = _load(args.run_dir, args.checkpoint, args.device)
-    data = load_dataset(
-        config["dataset"], args.split, size=args.eval_size, progress=not args.no_progress
-    )
-    x, y = _eval_tensors(data)
-    values = log_likelihood(
-        model.model,
-        model.guide,
-        *_likelihood_args(model, x.to(args.device), y.to(args.device)),
+    result = evaluate_run(
+        args.run_dir,
+        split=args.split,
         num_samples=args.eval_samples,
+        size=args.eval_size,
+        checkpoint=args.checkpoint,
+        device=args.device,
         progress=not args.no_progress,
     )
-    estimate = LogLikelihood(values.cpu(), args.eval_samples)
-    result = {
-        "split": args.split,
-        "checkpoint": args.checkpoint,
-        "nll": -estimate.mean,
-        "nll_stderr": estimate.stderr,
-        "eval_samples": args.eval_samples,
-        "eval_size": int(values.numel()),
+    model_metrics = {
+        key: value
+        for key, value in result.items()
+        if key not in ("split", "checkpoint", "nll", "nll_stderr", "eval_samples", "eval_size")
+        and key != "eval_wall_time"
     }
-    write_json(Path(args.run_dir) / f"evaluation_{args.split}_K{args.eval_samples}.json", result)
+    extra = "".join(f", {key} {value:.4f}" for key, value in model_metrics.items())
     print(
-        f"{args.split} NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats (K={args.eval_samples}, {result['eval_size']} images)"
+        f"{args.split} NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats "
+        f"(K={args.eval_samples}, {result['eval_size']} items){extra}"
     )
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+    from pvae.runs import sample_run
 
-    from pvae.figures import image_grid
-
-    model, _ = _load(args.run_dir, args.checkpoint)
-    images = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
-    out = Path(args.out or Path(args.run_dir) / f"samples_seed{args.seed}.png")
-    if not out.parent.is_dir():
-        raise CLIError(f"output folder {out.parent} does not exist")
-    image_grid(images, out)
-    print(out)
+    print(
+        sample_run(
+            args.run_dir, num=args.num, seed=args.seed, out=args.out, checkpoint=args.checkpoint
+        )
+    )
     return 0
 
 
@@ -593,45 +389,17 @@ def _diagnose_sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from pvae.data import load_dataset
-    from pvae.diagnose import diagnose_run
+    from pvae.runs import diagnose_run
 
-    sizes = _diagnose_sizes(args)
-    model, config = _load(args.run_dir, args.checkpoint)
-    test = load_dataset(
-        config["dataset"],
-        "test",
-        size=sizes["num_data"],
-        size_seed=args.seed,
-        progress=not args.no_progress,
-    )
-    metrics, figures = diagnose_run(
-        model,
-        _eval_tensor(test),
-        test.labels,
-        Path(args.run_dir),
-        num_samples=sizes["num_samples"],
-        ais_steps=sizes["ais_steps"],
-        ais_chains=sizes["ais_chains"],
-        bdmc_data=sizes["bdmc_data"],
+    metrics = diagnose_run(
+        args.run_dir,
+        **_diagnose_sizes(args),
+        checkpoint=args.checkpoint,
         seed=args.seed,
         progress=not args.no_progress,
     )
-    _append_diagnostics_to_report(Path(args.run_dir), figures)
     print(json.dumps(metrics, indent=2, default=str))
     return 0
-
-
-def _append_diagnostics_to_report(run_dir: Path, figures: list[tuple[str, str]]) -> None:
-    """Adds (or replaces) the report's diagnostics section: one heading and image per figure."""
-    report = run_dir / "report.md"
-    text = report.read_text() if report.exists() else f"# {run_dir.name}\n"
-    marker = "\n## Diagnostics (`pvae diagnose`)\n"
-    text = text.split(marker)[0].rstrip("\n") + "\n" + marker
-    text += "\nNumbers: `diagnostics.json`; ArviZ data: `diagnostics.nc`.\n"
-    for title, filename in figures:
-        text += f"\n### {title}\n![{title}]({filename})\n"
-    report.write_text(text)
 
 
 COMMANDS = {

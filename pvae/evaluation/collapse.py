@@ -100,12 +100,18 @@ class ActiveUnits:
 
 @torch.no_grad()
 def posterior_means(
-    encoder: Any, x: torch.Tensor, *args, site: str | None = None, batch_size: int = 500
+    encoder: Any,
+    x: torch.Tensor,
+    *args,
+    site: str | None = None,
+    batch_size: int = 500,
+    num_mean_samples: int = 256,
 ) -> torch.Tensor:
     """``E_q[z | x_n]`` for every datum, shape ``(N, D)`` (event dims flattened).
 
     ``encoder`` is a pvae model (anything with a ``.guide``: the mean of the guide's site
-    distribution), or a function ``x -> means``.
+    distribution, or, where it has no closed form (a flow), the average of
+    ``num_mean_samples`` draws from it), or a function ``x -> means``.
     """
     parts = []
     for start, stop in _start_stop_ranges(x.shape[0], batch_size):
@@ -113,7 +119,10 @@ def posterior_means(
         extra = tuple(a[start:stop] for a in args)
         if hasattr(encoder, "guide"):
             fn = _guide_site(encoder.guide, xb, extra, site)["fn"]
-            mean = fn.mean
+            try:
+                mean = fn.mean
+            except NotImplementedError:
+                mean = fn.sample((num_mean_samples,)).mean(0)
         elif callable(encoder):
             mean = encoder(xb, *extra)
             if isinstance(mean, tuple):

@@ -26,12 +26,24 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or belongs to a different model or run."""
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX offers no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    """Writes ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    The file gets the permissions of an ordinary new file (``0o666`` less the process umask),
+    not ``mkstemp``'s private ``0o600``, so a colleague in the same group can read a run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -137,7 +137,10 @@ def _model_identity(model: Callable, guide: Callable) -> tuple[str, dict | None]
     owner = _owner_modules(model, guide)
     if owner:
         cls = type(owner[0])
-        return f"{cls.__module__}.{cls.__qualname__}", getattr(owner[0], "config", None)
+        config = getattr(owner[0], "config", None)
+        if hasattr(config, "to_dict"):  # a pvae model's typed config: saved as plain JSON data
+            config = config.to_dict()
+        return f"{cls.__module__}.{cls.__qualname__}", config
     name = getattr(model, "__qualname__", repr(model))
     return f"{getattr(model, '__module__', '?')}.{name}", None
 

@@ -1,6 +1,8 @@
-"""``diagnose_run``: every evaluation and diagnostic of a trained model in one call.
+"""``diagnose_model`` and ``diagnose_run``: every evaluation and diagnostic of a trained model.
 
-Used by ``pvae diagnose RUN_DIR``: on test data it computes the bound ladder (ELBO, IWAE-K,
+``diagnose_run(RUN_DIR)`` (``pvae diagnose``) loads a run's model and test data and calls
+``diagnose_model``, which asks the model for its evaluation arguments (``eval_args``): on test
+data it computes the bound ladder (ELBO, IWAE-K,
 AIS), PSIS k-hat and importance ESS per datum, BDMC bounds on data simulated from the model,
 and the collapse metrics (active units, KL per unit, mutual information), then writes into
 ``out_dir``:
@@ -21,7 +23,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pvae.runs.folder import write_json
 
 
 def _tensor(values: Any) -> torch.Tensor | None:
@@ -55,10 +58,18 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def diagnose_run(
+class _Skip(Exception):
+    """A diagnostic that does not apply to this model."""
+
+
+def _slice(args: tuple, n: int) -> tuple:
+    return tuple(a[:n] if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def diagnose_model(
     model: Any,
-    x_test: torch.Tensor,
-    y_test: Any = None,
+    batch: Any,
+    labels: Any = None,
     out_dir: str | os.PathLike = ".",
     *,
     num_data: int | None = None,
@@ -72,12 +83,13 @@ def diagnose_run(
     seed: int | None = 0,
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Diagnoses ``model`` (a pvae model with ``model``/``guide`` methods) on ``x_test``.
+    """Diagnoses ``model`` (a :class:`pvae.models.base.Model`) on one batch of test data.
 
     Args:
         model: the trained model (e.g. loaded from a run folder).
-        x_test: test data ``(N, ...)``; the first ``num_data`` (default all) are used.
-        y_test: labels for the latent scatter plot (optional).
+        batch: test data as a dataset's batch (``(x, y)``) or a tensor ``x``; the model's
+            ``eval_args(batch)`` are diagnosed, their first ``num_data`` (default all) rows.
+        labels: labels for the latent scatter plot (optional).
         out_dir: where ``diagnostics.json``, ``diagnostics.nc`` and the PNGs go.
         num_samples: guide samples per datum for k-hat, ESS and the IWAE bounds; bounds with
             K > ``num_samples`` are skipped.
@@ -88,7 +100,8 @@ def diagnose_run(
 
     Returns:
         ``(metrics, figures)``: the metrics written to ``diagnostics.json`` and a list of
-        ``(title, png file name relative to out_dir)``.
+        ``(title, png file name relative to out_dir)``; ``metrics["skipped"]`` lists the
+        diagnostics that did not apply, with the reason.
     """
     from pvae import figures as plots
     from pvae.diagnostics import to_inference_data
@@ -103,26 +116,33 @@ def diagnose_run(
     from pvae.evaluation.ladder import bound_ladder
 
     if not (hasattr(model, "model") and hasattr(model, "guide")):
-        raise ValueError("diagnose_run needs a pvae model with .model and .guide methods")
-    x_test = _tensor(x_test)
-    if x_test is None or x_test.dim() < 1 or x_test.shape[0] < 2:
-        raise ValueError("x_test must hold at least two data points")
-    n = x_test.shape[0] if num_data is None else min(int(num_data), x_test.shape[0])
-    x = x_test[:n]
-    labels = _tensor(y_test)
+        raise ValueError("diagnose_model needs a pvae model with .model and .guide methods")
+    eval_args = getattr(model, "eval_args", None)
+    args = tuple(eval_args(batch)) if eval_args is not None else (_tensor(batch),)
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 2:
+        raise ValueError("the test data must hold at least two data points")
+    n = x.shape[0] if num_data is None else min(int(num_data), x.shape[0])
+    args = _slice(args, n)
+    x, extra = args[0], args[1:]
+    labels = _tensor(labels)
     labels = labels[:n] if labels is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    metrics: dict[str, Any] = {"num_data": n, "num_samples": int(num_samples)}
+    metrics: dict[str, Any] = {"num_data": n, "num_samples": int(num_samples), "skipped": {}}
     figures: list[tuple[str, str]] = []
 
     def figure(title: str, name: str, draw) -> None:
         draw(out / name)
         figures.append((title, name))
 
+    def skip(name: str, reason: Any) -> None:
+        text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+        metrics["skipped"][name] = text
+
     # Importance diagnostics and their InferenceData (one set of guide samples for both).
-    idata = to_inference_data(model.model, model.guide, x, num_samples=int(num_samples))
+    idata = to_inference_data(model.model, model.guide, *args, num_samples=int(num_samples))
     stats = idata.sample_stats
     log_w = torch.as_tensor(stats["log_weight"].values[0])
     khat = torch.as_tensor(stats["khat"].values)
@@ -139,14 +159,19 @@ def diagnose_run(
     idata.to_netcdf(str(out / "diagnostics.nc"))
     figure("PSIS k-hat per test datum", "diagnostics_khat.png", lambda p: plots.plot_khat(khat, p))
 
-    # Bound ladder: ELBO, IWAE-K from the same samples, AIS.
+    # Bound ladder: ELBO, IWAE-K from the same samples, AIS where the latents allow it.
     usable = [k for k in ks if int(k) <= int(num_samples)]
+    obstacle = _ais_obstacle(model, args)
+    run_ais = bool(ais_steps)
+    if run_ais and obstacle:
+        run_ais = False
+        skip("ais", obstacle)
     ladder = bound_ladder(
         model.model,
         model.guide,
-        x,
+        *args,
         ks=usable,
-        ais_steps=int(ais_steps) or None,
+        ais_steps=int(ais_steps) if run_ais else None,
         ais_chains=int(ais_chains),
         ais_leapfrog_steps=int(ais_leapfrog_steps),
         seed=seed,
@@ -158,7 +183,7 @@ def diagnose_run(
     metrics["iwae"] = {
         str(r.num_samples): mean_and_stderr(r.values) for r in ladder.rows[1 : len(usable)]
     }
-    if ais_steps:
+    if run_ais:
         ais_row = ladder.rows[-1]
         metrics["ais"] = {
             **mean_and_stderr(ais_row.values),
@@ -167,31 +192,36 @@ def diagnose_run(
         }
     figure("Bound ladder", "diagnostics_ladder.png", lambda p: plots.plot_bound_ladder(ladder, p))
 
-    # BDMC on data simulated from the model.
+    # BDMC on data simulated from the model (given the test data's other arguments).
     if ais_steps and bdmc_data:
-        steps = int(bdmc_steps or ais_steps)
-        result = bdmc(
-            model.model,
-            int(bdmc_data),
-            steps,
-            int(ais_chains),
-            example_x=x[:1],
-            leapfrog_steps=int(ais_leapfrog_steps),
-            seed=seed,
-            progress=progress,
-        )
-        metrics["bdmc"] = {
-            "num_data": int(bdmc_data),
-            "steps": steps,
-            "chains": int(ais_chains),
-            "lower_mean": result.lower_mean,
-            "upper_mean": result.upper_mean,
-            "gap_mean": result.gap_mean,
-            "gap_stderr": mean_and_stderr(result.gap)["stderr"],
-        }
+        simulated = int(bdmc_data) if not extra else min(int(bdmc_data), n)
+        if not run_ais:
+            skip("bdmc", metrics["skipped"].get("ais", "AIS is off"))
+        else:
+            steps = int(bdmc_steps or ais_steps)
+            result = bdmc(
+                model.model,
+                simulated,
+                steps,
+                int(ais_chains),
+                *_slice(extra, simulated),
+                example_x=x[:1],
+                leapfrog_steps=int(ais_leapfrog_steps),
+                seed=seed,
+                progress=progress,
+            )
+            metrics["bdmc"] = {
+                "num_data": simulated,
+                "steps": steps,
+                "chains": int(ais_chains),
+                "lower_mean": result.lower_mean,
+                "upper_mean": result.upper_mean,
+                "gap_mean": result.gap_mean,
+                "gap_stderr": mean_and_stderr(result.gap)["stderr"],
+            }
 
     # Posterior collapse.
-    units = active_units(model, x)
+    units = active_units(model, *args)
     metrics["active_units"] = {
         "count": units.count,
         "total": int(units.variances.numel()),
@@ -199,10 +229,10 @@ def diagnose_run(
         "variances": units.variances.tolist(),
     }
     try:
-        kl = kl_per_dimension(model, x)
+        kl = kl_per_dimension(model, *args)
     except ValueError as error:  # latents that do not factorize (vMF): no per-unit KL
         metrics["kl_per_dimension"] = None
-        metrics["kl_per_dimension_note"] = str(error)
+        skip("kl_per_dimension", error)
     else:
         metrics["kl_per_dimension"] = kl.tolist()
         metrics["kl_total"] = float(kl.sum())
@@ -211,10 +241,16 @@ def diagnose_run(
             "diagnostics_kl.png",
             lambda p: plots.plot_kl_per_dimension(kl, p),
         )
-    metrics["mutual_information"] = mutual_information(model, x, num_samples=10)
-    metrics["mutual_information_max"] = math.log(n)
+    try:
+        metrics["mutual_information"] = mutual_information(model, *args, num_samples=10)
+        metrics["mutual_information_max"] = math.log(n)
+    except (RuntimeError, NotImplementedError) as error:
+        # I(x; z) scores every datum's code under every other datum's q(z | x); a guide
+        # whose density cannot broadcast over other data (a conditional flow) cannot.
+        metrics["mutual_information"] = None
+        skip("mutual_information", f"q(z | x) cannot score other data's codes ({error})")
 
-    means = posterior_means(model, x)
+    means = posterior_means(model, *args)
     figure(
         "Guide means (PCA) by label",
         "diagnostics_latents.png",
@@ -238,5 +274,74 @@ def diagnose_run(
     metrics["seconds"] = time.perf_counter() - start
     metrics["files"] = ["diagnostics.json", "diagnostics.nc", *(name for _, name in figures)]
     metrics = _clean(metrics)
-    (out / "diagnostics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "diagnostics.json", metrics)
     return metrics, figures
+
+
+def _ais_obstacle(model: Any, args: tuple) -> str | None:
+    """Why AIS cannot run on the model's latents, or ``None``: its HMC moves in an
+    unconstrained space, so every latent site must be continuous with a bijection from R^n
+    to its support (a discrete label, a sphere or a mixture's support have none)."""
+    import pyro.poutine as poutine
+    from torch.distributions import biject_to
+
+    from pvae.infer.trace import latent_sites
+
+    with torch.no_grad():
+        trace = poutine.trace(model.model).get_trace(*_slice(args, 2))
+    for site in latent_sites(trace):
+        support = site["fn"].support
+        if support.is_discrete:
+            return f"AIS needs continuous latents; {site['name']!r} is discrete"
+        try:
+            biject_to(support)
+        except NotImplementedError:
+            return (
+                f"AIS runs HMC in an unconstrained space; the support of {site['name']!r} "
+                f"({type(support).__name__}) has no bijection to it"
+            )
+    return None
+
+
+def diagnose_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_data: int = 100,
+    num_samples: int = 1000,
+    ais_steps: int = 500,
+    ais_chains: int = 8,
+    bdmc_data: int = 20,
+    checkpoint: str = "best",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Diagnoses a run folder's model on ``num_data`` test items drawn with ``seed``, writes
+    ``diagnostics.json``, ``diagnostics.nc`` and the figures there, and adds a diagnostics
+    section (with what was skipped, and why) to its ``report.md``. Returns the metrics."""
+    from pvae.data import load_dataset
+    from pvae.runs.evaluate import whole_batch
+    from pvae.runs.folder import load_run
+    from pvae.runs.report import append_diagnostics
+
+    if num_samples < 50:
+        # PSIS fits a Pareto tail to the largest ~3 sqrt(S) weights of each datum.
+        raise ValueError(f"num_samples must be >= 50 for PSIS k-hat, got {num_samples}")
+    model, config = load_run(run_dir, checkpoint)
+    test = load_dataset(config["dataset"], "test", size=num_data, size_seed=seed, progress=progress)
+    batch = whole_batch(test)
+    labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    metrics, figures = diagnose_model(
+        model,
+        batch,
+        labels,
+        run_dir,
+        num_samples=num_samples,
+        ais_steps=ais_steps,
+        ais_chains=ais_chains,
+        bdmc_data=bdmc_data,
+        seed=seed,
+        progress=progress,
+    )
+    notes = [f"{name} skipped: {reason}" for name, reason in metrics["skipped"].items()]
+    append_diagnostics(Path(run_dir), figures, notes)
+    return metrics

@@ -1,14 +1,11 @@
-"""One generic suite over the model zoo (issue 5), then a few variant-specific tests.
-
-Every variant earns the generic tests by adding one :class:`Case`: build from the registry with
-small sizes, forward shapes of ``sample``/``reconstruct``, training lowers the loss on a fixed
-batch, sampling without the encoder, a state_dict round trip, and a finite importance-sampled
-log-likelihood. Data: 32 statically binarized MNIST training images from ``../shared/data``.
+"""What is particular to each variant (beta and free bits, the CVAE's labels, the IAF's exact
+density, the sphere, the mixture's implicit gradients, M2's labels and accuracy), and an
+end-to-end check that each one learns. The generic tests every registered model passes are in
+``test_suite.py``. Data: statically binarized MNIST training images from ``../shared/data``.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 import sys
@@ -24,8 +21,8 @@ import torch
 
 from pvae.data import load_dataset
 from pvae.evaluation.importance import log_likelihood
-from pvae.infer.objectives import ELBO, make_objective
-from pvae.models.registry import available_models, build_model
+from pvae.infer.objectives import ELBO
+from pvae.models.registry import build_model
 
 SMALL = dict(input_shape=[1, 28, 28], latent_dim=3, hidden=[32])
 
@@ -52,7 +49,7 @@ class Case:
 
 
 def _m2_objective() -> Any:
-    from pvae.models.m2 import SemiSupervisedELBO
+    from pvae.infer.semisupervised import SemiSupervisedELBO
 
     return SemiSupervisedELBO()
 
@@ -87,101 +84,6 @@ def batch(mnist) -> tuple[torch.Tensor, torch.Tensor]:
 def _build(case: Case, seed: int = 0) -> Any:
     torch.manual_seed(seed)
     return build_model(case.name, **SMALL, **case.options)
-
-
-def test_every_variant_is_registered():
-    assert {"vae", "cvae", "iaf", "svae", "mixture", "m2"} <= set(available_models())
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_forward_shapes(case, batch):
-    x, y = batch
-    model = _build(case)
-    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (5, 1, 28, 28)
-    assert bool(((samples >= 0) & (samples <= 1)).all())
-    recon = model.reconstruct(x[:4])
-    assert recon.shape == (4, 1, 28, 28)
-    assert torch.isfinite(recon).all()
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_training_lowers_the_loss(case, batch):
-    x, y = batch
-    model = _build(case)
-    objective = make_objective(case.objective())
-    optimizer = torch.optim.Adam(model.parameters(), lr=case.lr)
-    pyro.set_rng_seed(1)
-    losses = []
-    for _ in range(30):
-        loss = objective(model.model, model.guide, *case.args(x, y)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()) / x.shape[0])
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    # The single-sample loss has a standard deviation of a few nats per image on this batch;
-    # 30 Adam steps from the initial ~545 nats must gain tens of nats.
-    assert all(math.isfinite(v) for v in losses)
-    assert last < first - 10, (first, last)
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_sample_does_not_use_the_encoder(case):
-    model = _build(case)
-
-    def forbidden(*_):
-        raise AssertionError("sample() must not run the encoder or the classifier")
-
-    for name, module in model.named_children():
-        if name.startswith(("encoder", "classifier", "flows")):
-            module.register_forward_pre_hook(forbidden)
-    model.guide = forbidden
-    samples = model.sample(3, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (3, 1, 28, 28)
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_state_dict_round_trip(case, batch, tmp_path):
-    x, y = batch
-    x, y = x[:4], y[:4]
-    args = case.args(x, y)
-    model = _build(case, seed=0)
-    with torch.no_grad():
-        guide_trace = poutine.trace(model.guide).get_trace(*args)
-        log_joint = poutine.trace(poutine.replay(model.model, guide_trace)).get_trace(*args)
-    buffer = io.BytesIO()
-    torch.save({"config": model.config, "state": model.state_dict()}, buffer)
-    buffer.seek(0)
-    payload = torch.load(buffer)
-    torch.manual_seed(1)  # different initial weights, overwritten by the load
-    restored = build_model(case.name, **payload["config"])
-    restored.load_state_dict(payload["state"])
-    with torch.no_grad():
-        again = poutine.trace(poutine.replay(restored.model, guide_trace)).get_trace(*args)
-    assert torch.equal(log_joint.log_prob_sum(), again.log_prob_sum())
-    z = guide_trace.nodes["z"]["value"]
-    decode_args = (args[1],) if case.name in ("cvae", "m2") and len(args) > 1 else ()
-    assert torch.equal(
-        model.decode_logits(z, *decode_args), restored.decode_logits(z, *decode_args)
-    )
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_log_likelihood_is_finite(case, batch):
-    x, y = batch
-    model = _build(case)
-    args = case.args(x[:4], y[:4])
-    # batch_size=3 splits the 4 data unevenly: extra (label) args must be sliced like x.
-    values = log_likelihood(model.model, model.guide, *args, num_samples=16, batch_size=3)
-    assert values.shape == (4,)
-    assert torch.isfinite(values).all()
-    # A bound on log p(x) of binary images: negative, and not absurdly far from the ~545 nats
-    # of an untrained Bernoulli decoder.
-    assert bool((values < 0).all()) and bool((values > -2000).all())
-
-
-# -- vae: beta and free bits -------------------------------------------------------------
 
 
 def _elbo_value(model, x, seed: int) -> torch.Tensor:
@@ -352,14 +254,15 @@ def test_m2_classifier_beats_chance_after_short_training(mnist):
     accuracy of 200 images must beat chance (10%) by far more than its standard error
     (sqrt(0.1 * 0.9 / 200) = 2.1%)."""
     from pvae.data.images import ImageDataset
-    from pvae.models.m2 import SemiSupervisedData, fit_m2
+    from pvae.data.semisupervised import SemiSupervisedData
+    from pvae.infer.semisupervised import fit_semisupervised
 
     images, labels = mnist
     train = ImageDataset(images[:300], labels[:300], binarize=None)
     data = SemiSupervisedData(train, num_labelled=60, labelled_repeats=4, seed=0)
     torch.manual_seed(0)
     model = build_model("m2", **{**SMALL, "latent_dim": 4, "hidden": [64]}, alpha=20.0)
-    fit_m2(model, data, epochs=6, batch_size=60, lr=3e-3, progress=False)
+    fit_semisupervised(model, data, epochs=6, batch_size=60, lr=3e-3, progress=False)
     accuracy = (model.classify(images[300:500]) == labels[300:500]).float().mean()
     assert accuracy > 0.3, float(accuracy)
 
@@ -385,10 +288,17 @@ def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist):
     # The valid bound is a bound on log p(x) of binary 28x28 images: negative and finite.
     bounds = [h["valid_bound"] for h in result.history]
     assert all(math.isfinite(b) and b < 0 for b in bounds)
-    # It is the bound with y summed out, on the images alone (labels hidden): recompute it.
+    # It is the bound with y summed out, on the images alone (labels hidden): recompute it
+    # with fresh draws of z, and allow 5 standard errors of the difference of two estimates.
     with torch.no_grad():
-        expected = -setup["objective"].loss(model.model, model.guide, valid.images) / len(valid)
-    assert bounds[-1] == pytest.approx(expected, rel=1e-5)
+        estimates = torch.tensor(
+            [
+                -setup["objective"].loss(model.model, model.guide, valid.images) / len(valid)
+                for _ in range(8)
+            ]
+        )
+    stderr = float(estimates.std()) * math.sqrt(1 + 1 / len(estimates))
+    assert abs(bounds[-1] - float(estimates.mean())) < 5 * stderr + 1e-6
 
 
 # -- end to end ----------------------------------------------------------------------------
@@ -415,12 +325,9 @@ def test_short_training_beats_the_independent_pixel_model(case, mnist):
     options = {**SMALL, "latent_dim": 8, "hidden": [128], **case.options}
     model = build_model(case.name, **options)
     model.initialize_output_bias(train.images.mean(0))
-    if hasattr(model, "training_setup"):
-        fit_kwargs = model.training_setup(train, num_labels=50, seed=0)
-    else:
-        fit_kwargs = {"train_data": train}
+    fit_kwargs = {"train_data": train, **model.training_setup(train, num_labels=50, seed=0)}
     fit(model.model, model.guide, **fit_kwargs, epochs=15, batch_size=50, lr=3e-3, progress=False)
-    args = model.eval_args(x_test, y_test) if hasattr(model, "eval_args") else (x_test,)
+    args = model.eval_args((x_test, y_test))
     nll = -log_likelihood(model.model, model.guide, *args, num_samples=50)
     p = train.images.mean(0).clamp(1e-3, 1 - 1e-3)
     independent = -(x_test * p.log() + (1 - x_test) * (-p).log1p()).flatten(1).sum(-1)

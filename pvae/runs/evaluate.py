@@ -1,0 +1,122 @@
+"""Evaluating and sampling a trained model: :func:`evaluate_model`, :func:`evaluate_run`,
+:func:`sample_run`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pvae.runs.folder import load_run, write_json
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """``batch`` (a tensor, or a tuple or list of them) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def _cuda_devices(device: torch.device | str) -> list[int]:
+    device = torch.device(device)
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def whole_batch(data: Any) -> Any:
+    """All of ``data`` as one batch, in order (a dynamic binarization is drawn with seed 0)."""
+    batches = data.batches(len(data), shuffle=False, generator=torch.Generator().manual_seed(0))
+    return next(iter(batches))
+
+
+def evaluate_model(
+    model: Any,
+    data: Any,
+    *,
+    num_samples: int = 5000,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The importance-sampled NLL of ``data`` under ``model`` (``nll`` and ``nll_stderr``
+    over data, nats) with K = ``num_samples``, and the model's own ``metrics(data)``.
+
+    The importance samples are drawn from torch's generator seeded with ``seed`` (the
+    caller's random state is restored), so an evaluation is repeatable."""
+    from pvae.evaluation import LogLikelihood, log_likelihood
+
+    start = time.perf_counter()
+    args = to_device(tuple(model.eval_args(whole_batch(data))), device)
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
+        values = log_likelihood(
+            model.model, model.guide, *args, num_samples=num_samples, progress=progress
+        )
+    estimate = LogLikelihood(values.cpu(), num_samples)
+    result: dict[str, Any] = {
+        "nll": -estimate.mean,
+        "nll_stderr": estimate.stderr,
+        "eval_samples": int(num_samples),
+        "eval_size": int(values.numel()),
+    }
+    with torch.no_grad():
+        result.update({key: float(value) for key, value in model.metrics(data).items()})
+    result["eval_wall_time"] = time.perf_counter() - start
+    return result
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_samples: int = 5000,
+    size: int | None = None,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    progress: bool = True,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Evaluates a run folder's model on a split of its dataset and writes
+    ``evaluation_<split>_K<num_samples>.json`` there; returns what it wrote. ``seed``
+    (default: the run's) seeds the importance samples."""
+    from pvae.data import load_dataset
+
+    model, config = load_run(run_dir, checkpoint, device=device)
+    data = load_dataset(config["dataset"], split, size=size, progress=progress)
+    result = {
+        "split": split,
+        "checkpoint": checkpoint,
+        **evaluate_model(
+            model,
+            data,
+            num_samples=num_samples,
+            device=device,
+            progress=progress,
+            seed=config["train"]["seed"] if seed is None else seed,
+        ),
+    }
+    write_json(Path(run_dir) / f"evaluation_{split}_K{num_samples}.json", result)
+    return result
+
+
+def sample_run(
+    run_dir: str | Path,
+    *,
+    num: int = 64,
+    seed: int = 0,
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+) -> Path:
+    """Draws ``num`` data from a run's prior (no encoder) into a PNG grid; returns its path."""
+    from pvae.figures import image_grid
+
+    model, _ = load_run(run_dir, checkpoint)
+    path = Path(out or Path(run_dir) / f"samples_seed{seed}.png")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    samples = model.sample(num, generator=torch.Generator().manual_seed(seed))
+    image_grid(samples, path)
+    return path

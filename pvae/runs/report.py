@@ -1,0 +1,91 @@
+"""A run's ``report.md``: the numbers, the training curve and the model's own report items."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pvae.models.base import ReportItem
+from pvae.runs.folder import write_text
+
+DIAGNOSTICS_MARKER = "\n## Diagnostics (`pvae diagnose`)\n"
+
+
+def _metric_name(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def write_report(
+    out: Path, config: dict[str, Any], metrics: dict[str, Any], items: Sequence[ReportItem]
+) -> Path:
+    """Writes ``out/report.md`` (atomically) from a finished run's config and metrics."""
+    from pvae.figures import loss_curve
+
+    loss_curve(
+        metrics["history"],
+        out / "loss_curve.png",
+        title=f"{config['model']} on {config['dataset']}",
+    )
+    last = metrics["history"][-1]
+    size = metrics["eval_size"]
+    extra = [
+        f"| {_metric_name(key)} ({size} test items) | {value:.4f} |"
+        for key, value in metrics.get("model_metrics", {}).items()
+    ]
+    monitor = config.get("monitor", "valid_bound")
+    best = (
+        [f"| {_metric_name(monitor)}, best epoch | {metrics['best_valid']:.4f} |"]
+        if monitor != "valid_bound" and metrics.get("best_valid") is not None
+        else []
+    )
+    lines = [
+        f"# {config['model']} on {config['dataset']}",
+        "",
+        f"Command: `{config['command']}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| test NLL (nats, K={metrics['eval_samples']}, {size} items) | "
+        f"{metrics['test_nll']:.2f} ± {metrics['test_nll_stderr']:.2f} |",
+        *extra,
+        f"| best epoch (validation) | {metrics['best_epoch']} of {last['epoch']} |",
+        f"| train bound, last epoch (nats per datum) | {last['train_bound']:.2f} |",
+        f"| valid ELBO, last epoch | "
+        f"{last.get('valid_elbo', last.get('valid_bound', float('nan'))):.2f} |",
+        *best,
+        f"| objective | {config['objective']} (K={config['num_particles']}) |",
+        f"| model | {json.dumps(config['model_config'])} |",
+        f"| training time | {metrics['train_wall_time']:.0f} s |",
+        f"| evaluation time | {metrics['eval_wall_time']:.0f} s |",
+        "",
+        "The ± is the standard error of the mean over test items. The NLL is an importance-sampled",
+        "upper bound on -log p(x) that tightens as K grows (Burda et al. 2015).",
+        "",
+        "## Training curve",
+        "![loss curve](loss_curve.png)",
+        "",
+        *(item.markdown() for item in items),
+    ]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def append_diagnostics(
+    run_dir: Path, figures: Sequence[tuple[str, str]], notes: Sequence[str]
+) -> None:
+    """Adds (or replaces) the report's diagnostics section: notes, then one heading and image
+    per figure."""
+    report = run_dir / "report.md"
+    text = report.read_text() if report.exists() else f"# {run_dir.name}\n"
+    text = text.split(DIAGNOSTICS_MARKER)[0].rstrip("\n") + "\n" + DIAGNOSTICS_MARKER
+    text += "\nNumbers: `diagnostics.json`; ArviZ data: `diagnostics.nc`.\n"
+    for note in notes:
+        text += f"\n- {note}"
+    if notes:
+        text += "\n"
+    for title, filename in figures:
+        text += f"\n### {title}\n![{title}]({filename})\n"
+    write_text(report, text)

@@ -1,0 +1,74 @@
+"""The typed description of a training run: what ``pvae train`` parses its flags into."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pvae.infer.train import TrainConfig
+
+OBJECTIVES = ("elbo", "iwae", "dreg")
+
+
+@dataclass
+class TrainSpec:
+    """Everything that defines a run of :func:`pvae.runs.train_run`.
+
+    ``model_options`` are constructor options of the registered ``model`` (the dataset
+    supplies the rest, e.g. ``input_shape``); ``train`` holds the optimisation, the seed and
+    the device; ``eval_samples``/``eval_size`` the test evaluation; ``train_size`` keeps only
+    the first N training units (smoke runs, with a validation set of ``max(100, N // 5)``);
+    ``num_labels`` goes to models whose ``training_setup`` takes it (M2).
+    """
+
+    model: str = "vae"
+    dataset: str = "mnist"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    objective: str = "elbo"
+    num_particles: int = 1
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_samples: int = 5000
+    eval_size: int | None = None
+    train_size: int | None = None
+    num_labels: int = 100
+    out: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        for name in ("num_particles", "eval_samples", "num_labels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("eval_size", "train_size"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if "input_shape" in self.model_options:
+            raise ValueError("the dataset sets the input shape; do not pass input_shape")
+
+    @property
+    def run_dir(self) -> Path:
+        """``out``, or ``runs/<model>-<dataset>-<objective>``."""
+        return Path(self.out or f"runs/{self.model}-{self.dataset}-{self.objective}")
+
+    def train_dict(self) -> dict[str, Any]:
+        """The run's training options as saved in ``config.json``."""
+        keys = (
+            "epochs",
+            "batch_size",
+            "lr",
+            "lr_schedule",
+            "clip_norm",
+            "kl_anneal_epochs",
+            "early_stopping_patience",
+            "seed",
+            "device",
+            "checkpoint_every",
+        )
+        values = dataclasses.asdict(self.train)
+        return {key: values[key] for key in keys}

@@ -1,0 +1,169 @@
+"""``train_run``: the whole recipe of a run, from data to report, in one place.
+
+Load the dataset's splits; build the registered model with the dataset's ``model_options()``
+(its ``input_shape``, ...) under the run's seed; on a fresh run let the model initialise
+itself from the data (``Model.initialize``); train with :func:`pvae.infer.fit` and the
+model's own ``training_setup``; reload the best checkpoint; evaluate the test NLL and the
+model's ``metrics``; write the report with the model's ``report_items``. Every command,
+benchmark and tutorial that trains a registered model goes through here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+
+from pvae.infer.callbacks import Callback
+from pvae.runs.folder import (
+    CHECKPOINTS,
+    has_checkpoint,
+    load_run,
+    prepare_run_dir,
+    set_status,
+    write_json,
+)
+from pvae.runs.spec import TrainSpec
+
+
+class EpochLine(Callback):
+    """Prints one line per epoch to stderr: the training bound and the validation numbers."""
+
+    def on_epoch_end(self, state: Any, record: dict[str, float]) -> None:
+        valid_text = "".join(
+            f", {key.replace('_', ' ').replace('elbo', 'ELBO')} "
+            f"{value:.{4 if 'accuracy' in key else 2}f}"
+            for key, value in record.items()
+            if key.startswith("valid_")
+            and not (key == "valid_bound" and record.get("valid_elbo") == value)
+        )
+        print(
+            f"epoch {record['epoch']}: train bound {record['train_bound']:.2f}{valid_text} "
+            f"({record['time']:.0f}s)",
+            file=sys.stderr,
+        )
+
+
+def build_run_model(spec: TrainSpec, data_options: dict[str, Any]) -> Any:
+    """The registered model of ``spec`` sized by the data, initialised from ``spec``'s seed
+    (the caller's global random state is left as it was)."""
+    from pvae.models.registry import build_model, get_model_class
+
+    cls = get_model_class(spec.model)
+    options = {key: data_options[key] for key in cls.data_keys if key in data_options}
+    options.update(spec.model_options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.train.seed)
+        return build_model(spec.model, **options)
+
+
+def load_splits(spec: TrainSpec) -> tuple[Any, Any, Any]:
+    """The run's train, valid and test sets (``train_size`` also shrinks valid)."""
+    from pvae.data import load_dataset
+
+    train = load_dataset(spec.dataset, "train", size=spec.train_size, progress=spec.progress)
+    valid = load_dataset(spec.dataset, "valid", progress=spec.progress)
+    test = load_dataset(spec.dataset, "test", size=spec.eval_size, progress=spec.progress)
+    if spec.train_size is not None:
+        valid = valid.subset(min(len(valid), max(100, spec.train_size // 5)))
+    return train, valid, test
+
+
+def train_run(spec: TrainSpec) -> dict[str, Any]:
+    """Trains, evaluates and reports the run ``spec`` into ``spec.run_dir``; returns its
+    metrics (also in ``metrics.json``). With ``spec.resume`` a run continues from its last
+    checkpoint; a run without one starts afresh."""
+    from pvae.infer.train import fit
+    from pvae.models.registry import get_model_class
+    from pvae.runs.evaluate import evaluate_model
+    from pvae.runs.report import write_report
+
+    get_model_class(spec.model)  # an unknown name fails before any data is loaded
+    device = spec.train.device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was requested but CUDA is not available on this machine")
+    train, valid, test = load_splits(spec)
+    data_options = train.model_options()
+    model = build_run_model(spec, data_options)
+    out = spec.run_dir
+    setup = model.training_setup(train, valid, num_labels=spec.num_labels, seed=spec.train.seed)
+    config = {
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "model_config": model.config.to_dict(),
+        "objective": spec.objective,
+        "num_particles": spec.num_particles,
+        "train": spec.train_dict(),
+        "monitor": setup.get("monitor", spec.train.monitor),
+        "eval_samples": spec.eval_samples,
+        "eval_size": len(test),
+        "train_size": len(train),
+        "command": spec.command,
+    }
+    prepare_run_dir(out, spec.resume, config)
+    try:
+        # Decided on the checkpoint, not on the flag: a run killed before its first
+        # checkpoint, resumed, starts afresh and needs its initialisation.
+        resuming = spec.resume and has_checkpoint(out)
+        if not resuming:
+            model.initialize(data_options)
+        fit_kwargs: dict[str, Any] = dict(
+            train_data=train,
+            valid_data=valid,
+            objective=spec.objective,
+            num_particles=spec.num_particles,
+        )
+        callbacks = list(setup.pop("callbacks", []))
+        fit_kwargs.update(setup)
+        if spec.progress:
+            callbacks.append(EpochLine())
+        result = fit(
+            model.model,
+            model.guide,
+            **fit_kwargs,
+            config=spec.train,
+            checkpoint_dir=out / CHECKPOINTS,
+            resume=resuming,
+            progress=spec.progress,
+            callbacks=callbacks,
+        )
+        model, _ = load_run(out, "best", device=device)
+        evaluation = evaluate_model(
+            model,
+            test,
+            num_samples=spec.eval_samples,
+            device=device,
+            progress=spec.progress,
+            seed=spec.train.seed,
+        )
+        model_metrics = {
+            key: value
+            for key, value in evaluation.items()
+            if key not in ("nll", "nll_stderr", "eval_samples", "eval_size", "eval_wall_time")
+        }
+        metrics = {
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_valid": result.best_valid,
+            "stopped_early": result.stopped_early,
+            "test_nll": evaluation["nll"],
+            "test_nll_stderr": evaluation["nll_stderr"],
+            "eval_samples": evaluation["eval_samples"],
+            "eval_size": evaluation["eval_size"],
+            **model_metrics,
+            "model_metrics": model_metrics,
+            "train_wall_time": result.wall_time,
+            "eval_wall_time": evaluation["eval_wall_time"],
+        }
+        report_start = time.perf_counter()
+        items = model.report_items(test, out, seed=spec.train.seed)
+        write_report(out, config, metrics, items)
+        metrics["report_wall_time"] = time.perf_counter() - report_start
+        write_json(out / "metrics.json", metrics)
+        set_status(out, "complete")
+    except BaseException as error:
+        set_status(out, "failed", error=f"{type(error).__name__}: {error}")
+        raise
+    return metrics

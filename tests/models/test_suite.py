@@ -1,0 +1,170 @@
+"""One suite over the model registry: every registered model, with its registered smoke
+config, builds, runs forward with the right shapes, takes two training steps, round-trips a
+checkpoint through a run folder, samples without its encoder, evaluates and is diagnosed.
+
+A new model earns all of it by registering with a smoke config (``@register_model(name,
+smoke={...})``); nothing here names a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pvae.infer.train import TrainConfig
+from pvae.models.registry import available_models, build_model, smoke_config
+from pvae.runs import TrainSpec, diagnose_run, evaluate_run, load_run, sample_run, train_run
+
+MODELS = available_models()
+
+
+def test_every_registered_model_has_a_smoke_config():
+    assert MODELS
+    for name in MODELS:
+        assert isinstance(smoke_config(name), dict)
+
+
+def test_registry_rejects_unknown_names_and_options():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model("nope")
+    with pytest.raises(ValueError, match="unknown option wings; options: input_shape"):
+        build_model("vae", wings=2)
+
+
+@pytest.fixture(scope="module")
+def mnist_batch():
+    from pvae.data import load_dataset
+
+    data = load_dataset("mnist", "test", size=8, size_seed=0, progress=False)
+    return next(iter(data.batches(8, shuffle=False)))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes_and_finite_scores(name, mnist_batch):
+    torch.manual_seed(0)
+    model = build_model(name, **smoke_config(name))
+    args = model.batch_args(mnist_batch)
+    guide_trace = poutine.trace(model.guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*args)
+    observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
+    assert observed, "the model observes the data"
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            assert site["value"].shape[0] == 8, f"{site['name']}: one row per datum"
+    assert torch.isfinite(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def smoke_run(request, tmp_path_factory):
+    """A run folder of each registered model: 64 images, one epoch of two steps."""
+    name = request.param
+    out = tmp_path_factory.mktemp(name) / "run"
+    spec = TrainSpec(
+        model=name,
+        dataset="mnist",
+        model_options=smoke_config(name),
+        train=TrainConfig(epochs=1, batch_size=32, seed=0),
+        train_size=64,
+        eval_samples=5,
+        eval_size=20,
+        num_labels=20,
+        out=out,
+        progress=False,
+    )
+    with pyro.settings.context(module_local_params=True):
+        metrics = train_run(spec)
+    return name, out, metrics
+
+
+def test_two_training_steps_give_a_complete_run_folder(smoke_run):
+    name, out, metrics = smoke_run
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    assert [r["epoch"] for r in metrics["history"]] == [1]
+    assert math.isfinite(metrics["history"][0]["train_bound"])
+    assert math.isfinite(metrics["test_nll"]) and metrics["test_nll"] > 0
+    assert metrics["eval_size"] == 20
+    report = (out / "report.md").read_text()
+    assert f"# {name} on mnist" in report and "test NLL" in report
+    figures = re.findall(r"^!\[.*\]\(([^()]+)\)$", report, flags=re.MULTILINE)
+    assert "loss_curve.png" in figures
+    for name in figures:
+        assert (out / name).stat().st_size > 0
+
+
+def test_checkpoint_round_trip(smoke_run, data_dir):
+    name, out, _ = smoke_run
+    model, config = load_run(out, "best")
+    assert config["model"] == name
+    clone = build_model(name, **config["model_config"])
+    clone.load_state_dict(model.state_dict())
+    assert clone.config == model.config
+    for a, b in zip(model.state_dict().values(), clone.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sampling_does_not_use_the_encoder(smoke_run, tmp_path):
+    """With every parameter that the guide uses set to NaN, samples stay finite."""
+    name, out, _ = smoke_run
+    model, _ = load_run(out, "best")
+    x = torch.zeros(2, 1, 28, 28)
+    guide_params = _guide_only_parameters(model, x)
+    with torch.no_grad():
+        for p in guide_params:
+            p.fill_(float("nan"))
+    samples = model.sample(6, generator=torch.Generator().manual_seed(0))
+    assert samples.shape[0] == 6 and torch.isfinite(samples).all()
+    path = sample_run(out, num=4, seed=1, out=tmp_path / "s.png")
+    assert path.stat().st_size > 0
+
+
+def _guide_only_parameters(model, x) -> list[torch.nn.Parameter]:
+    """Parameters whose gradient the guide reaches but the model's decoder does not."""
+    batch = (x, torch.zeros(x.shape[0], dtype=torch.long))
+    args = model.batch_args(batch)
+    guide_trace = poutine.trace(model.guide).get_trace(*args)
+    loss = -guide_trace.log_prob_sum()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    used_by_guide = {id(p) for p, g in zip(params, grads, strict=True) if g is not None}
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*args)
+    observed = sum(
+        s["fn"].log_prob(s["value"]).sum()
+        for s in model_trace.nodes.values()
+        if s["type"] == "sample" and s["is_observed"] and s["name"] != "y_aux"
+    )
+    grads = torch.autograd.grad(observed, params, allow_unused=True)
+    used_by_decoder = {id(p) for p, g in zip(params, grads, strict=True) if g is not None}
+    return [p for p in params if id(p) in used_by_guide - used_by_decoder]
+
+
+def test_evaluate_reports_the_model_metrics(smoke_run):
+    name, out, metrics = smoke_run
+    result = evaluate_run(out, num_samples=5, size=20, progress=False)
+    assert math.isfinite(result["nll"]) and result["eval_size"] == 20
+    for key in metrics["model_metrics"]:
+        assert key in result
+    assert (out / "evaluation_test_K5.json").exists()
+
+
+def test_diagnose_quick_runs_and_states_what_it_skips(smoke_run):
+    name, out, _ = smoke_run
+    metrics = diagnose_run(
+        out, num_data=6, num_samples=60, ais_steps=5, ais_chains=2, bdmc_data=2, progress=False
+    )
+    assert metrics["num_data"] == 6
+    assert math.isfinite(metrics["elbo"]["mean"])
+    assert ("ais" in metrics) != ("ais" in metrics["skipped"])
+    report = (out / "report.md").read_text()
+    assert "## Diagnostics (`pvae diagnose`)" in report
+    for what, reason in metrics["skipped"].items():
+        assert f"{what} skipped: {reason}" in report
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out / "diagnostics.json").stat().st_mode & 0o777 == 0o666 & ~umask
