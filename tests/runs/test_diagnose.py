@@ -1,4 +1,4 @@
-"""diagnose_run end to end on a tiny VAE: metrics, files and figures."""
+"""diagnose_model end to end on a tiny VAE: metrics, files and figures."""
 
 import json
 import math
@@ -6,17 +6,17 @@ import math
 import pyro
 import torch
 
-from pvae.diagnose import diagnose_run
+from pvae.runs.diagnose import diagnose_model
 
 
-def test_diagnose_run_writes_metrics_netcdf_and_figures(tmp_path):
+def test_diagnose_model_writes_metrics_netcdf_and_figures(tmp_path):
     from pvae.models import VAE
 
     with pyro.settings.context(module_local_params=True):
         vae = VAE(input_shape=(1, 6, 6), latent_dim=3, hidden=(16,))
         x = torch.bernoulli(torch.full((12, 1, 6, 6), 0.3))
         labels = torch.arange(12) % 3
-        metrics, figures = diagnose_run(
+        metrics, figures = diagnose_model(
             vae,
             x,
             labels,
