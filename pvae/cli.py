@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint"
     )
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the importance samples (default: the run's, which reproduces the test "
+        "NLL that `pvae train` reported for the same K and size)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sample = sub.add_parser(
@@ -349,11 +356,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         device=args.device,
         progress=not args.no_progress,
+        seed=args.seed,
     )
     model_metrics = {
         key: value
         for key, value in result.items()
-        if key not in ("split", "checkpoint", "nll", "nll_stderr", "eval_samples", "eval_size")
+        if key
+        not in ("split", "checkpoint", "seed", "nll", "nll_stderr", "eval_samples", "eval_size")
         and key != "eval_wall_time"
     }
     extra = "".join(f", {key} {value:.4f}" for key, value in model_metrics.items())

@@ -163,7 +163,7 @@ def test_evaluate(run_copy: Path, capsys) -> None:
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "test NLL" in out
-    result = json.loads((run_copy / "evaluation_test_K10.json").read_text())
+    result = json.loads((run_copy / "evaluation_test_K10_n20.json").read_text())
     assert (result["split"], result["checkpoint"]) == ("test", "best")
     assert (result["eval_size"], result["eval_samples"]) == (20, 10)
     assert 0 < result["nll"] < 784 * math.log(2)
@@ -532,3 +532,32 @@ def test_diagnose_sizes(extra: list[str], expected: dict) -> None:
 def test_diagnose_needs_enough_samples_for_psis(run_copy: Path, capsys) -> None:
     argv = ["diagnose", str(run_copy), "--num-samples", "20", "--no-progress"]
     expect_error(argv, capsys, "--num-samples must be >= 50")
+
+
+def test_evaluate_reproduces_the_train_time_nll(trained_run: Path, tmp_path: Path, capsys) -> None:
+    """Evaluation draws its importance samples from the run's seed: ``pvae evaluate`` with the
+    run's K and size gives the number ``pvae train`` reported, and another seed another file."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    config = json.loads((trained_run / "config.json").read_text())
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    argv = ["evaluate", str(run), "--eval-samples", str(config["eval_samples"]), "--no-progress"]
+    code, _, err = run_cli([*argv, "--eval-size", str(config["eval_size"])], capsys)
+    assert code == 0, err
+    name = f"evaluation_test_K{config['eval_samples']}_n{config['eval_size']}.json"
+    assert json.loads((run / name).read_text())["nll"] == metrics["test_nll"]
+    code, _, err = run_cli([*argv, "--eval-size", str(config["eval_size"]), "--seed", "7"], capsys)
+    assert code == 0, err
+    assert (run / name.replace(".json", "_seed7.json")).exists()
+
+
+@pytest.mark.parametrize(
+    "extra", [["--model-option", "beta=4"], ["--model-option", "free_bits=1"], ["--kl-anneal", "2"]]
+)
+@pytest.mark.parametrize("objective", ["iwae", "dreg"])
+def test_kl_weights_with_importance_weighted_objectives_are_refused(
+    objective, extra, tmp_path, capsys
+) -> None:
+    argv = ["train", *TINY, "--objective", objective, "--num-particles", "2", *extra]
+    expect_error([*argv, "--out", str(tmp_path / "r")], capsys, "use --objective elbo")
+    assert not (tmp_path / "r").exists()

@@ -80,8 +80,10 @@ def evaluate_run(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluates a run folder's model on a split of its dataset and writes
-    ``evaluation_<split>_K<num_samples>.json`` there; returns what it wrote. ``seed``
-    (default: the run's) seeds the importance samples."""
+    ``evaluation_<split>_K<num_samples>[_n<size>][_seed<seed>].json`` there (one file per
+    setting: evaluations of other sizes or seeds do not overwrite each other); returns what it
+    wrote. ``seed`` (default: the run's, so that the test NLL of ``pvae train`` is reproduced
+    exactly) seeds the importance samples."""
     from pvae.data import load_dataset
 
     model, config = load_run(run_dir, checkpoint, device=device)
@@ -89,16 +91,24 @@ def evaluate_run(
     result = {
         "split": split,
         "checkpoint": checkpoint,
-        **evaluate_model(
+        "seed": config["train"]["seed"] if seed is None else seed,
+    }
+    result.update(
+        evaluate_model(
             model,
             data,
             num_samples=num_samples,
             device=device,
             progress=progress,
-            seed=config["train"]["seed"] if seed is None else seed,
-        ),
-    }
-    write_json(Path(run_dir) / f"evaluation_{split}_K{num_samples}.json", result)
+            seed=result["seed"],
+        )
+    )
+    name = f"evaluation_{split}_K{num_samples}"
+    if size is not None:  # a subset: its own file, not the whole split's
+        name += f"_n{result['eval_size']}"
+    if seed is not None:
+        name += f"_seed{seed}"
+    write_json(Path(run_dir) / f"{name}.json", result)
     return result
 
 

@@ -71,6 +71,28 @@ def load_splits(spec: TrainSpec) -> tuple[Any, Any, Any]:
     return train, valid, test
 
 
+def _check_objective(spec: TrainSpec) -> None:
+    """The KL weight (beta, free bits, annealing) is a term of the ELBO; the importance-weighted
+    bounds have no KL term to weight, so the combination would train the plain IWAE while the
+    run folder claimed otherwise: refuse it."""
+    if spec.objective == "elbo":
+        return
+    weighted = [
+        f"{key}={value}"
+        for key, value, neutral in (
+            ("beta", spec.model_options.get("beta", 1.0), 1.0),
+            ("free_bits", spec.model_options.get("free_bits", 0.0), 0.0),
+            ("kl_anneal", spec.train.kl_anneal_epochs, 0.0),
+        )
+        if float(value) != neutral
+    ]
+    if weighted:
+        raise ValueError(
+            f"{', '.join(weighted)} weight the ELBO's KL term; --objective {spec.objective} has "
+            "none (it would train the unweighted bound): use --objective elbo"
+        )
+
+
 def train_run(spec: TrainSpec) -> dict[str, Any]:
     """Trains, evaluates and reports the run ``spec`` into ``spec.run_dir``; returns its
     metrics (also in ``metrics.json``). With ``spec.resume`` a run continues from its last
@@ -84,6 +106,7 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
     device = spec.train.device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device cuda was requested but CUDA is not available on this machine")
+    _check_objective(spec)
     train, valid, test = load_splits(spec)
     data_options = train.model_options()
     model = build_run_model(spec, data_options)

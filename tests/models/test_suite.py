@@ -150,7 +150,7 @@ def test_evaluate_reports_the_model_metrics(smoke_run):
     assert math.isfinite(result["nll"]) and result["eval_size"] == 20
     for key in metrics["model_metrics"]:
         assert key in result
-    assert (out / "evaluation_test_K5.json").exists()
+    assert (out / "evaluation_test_K5_n20.json").exists()
 
 
 def test_diagnose_quick_runs_and_states_what_it_skips(smoke_run):
