@@ -71,7 +71,7 @@ def train_vae(args: argparse.Namespace):
         "mnist", "train", size=args.train_size, size_seed=args.seed, progress=False
     )
     vae = VAE(latent_dim=args.latent_dim, hidden=(args.hidden,))
-    vae.initialize_output_bias(train.images.mean(0))
+    vae.initialize(train.model_options())
     objective = ELBO()
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(args.seed)

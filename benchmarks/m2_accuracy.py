@@ -47,7 +47,7 @@ def run(alpha: float, args: argparse.Namespace, train, valid, test, runs, report
     torch.manual_seed(args.seed)
     pyro.set_rng_seed(args.seed)
     model = build_model("m2", latent_dim=50, hidden=[500], activation="softplus", alpha=alpha)
-    model.initialize_output_bias(train.images.mean(0))
+    model.initialize(train.model_options())
     setup = model.training_setup(train, valid=valid, num_labels=args.labels, seed=args.seed)
     x_test, y_test = next(iter(test.batches(len(test), shuffle=False)))
     history: list[dict] = []

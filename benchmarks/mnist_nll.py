@@ -21,9 +21,9 @@ import pyro
 import torch
 
 from pvae.data import load_dataset
-from pvae.evaluation import LogLikelihood, log_likelihood
 from pvae.infer.train import fit
 from pvae.models import VAE
+from pvae.runs import evaluate_model
 
 RESULTS = Path(__file__).parent / "results" / "mnist_nll.md"
 PAPER = {
@@ -54,7 +54,6 @@ def main() -> None:
     train = load_dataset("mnist", "train")
     valid = load_dataset("mnist", "valid", size=1000)
     test = load_dataset("mnist", "test", size=args.eval_size, size_seed=args.seed)
-    x_test = torch.cat([x for x, _ in test.batches(len(test), shuffle=False)])
     rows = []
     for spec in args.runs.split(","):
         objective, k = spec.split(":")
@@ -62,7 +61,7 @@ def main() -> None:
         epochs = args.epochs_k50 if (k == 50 and args.epochs_k50) else args.epochs
         pyro.set_rng_seed(args.seed)
         vae = VAE(latent_dim=50, hidden=(200, 200), activation="tanh")
-        vae.initialize_output_bias(train.images.mean(0))
+        vae.initialize(train.model_options())
         start = time.perf_counter()
         fit(
             vae.model,
@@ -80,23 +79,26 @@ def main() -> None:
             progress=False,
         )
         train_time = time.perf_counter() - start
-        values = log_likelihood(vae.model, vae.guide, x_test, num_samples=args.eval_samples)
-        est = LogLikelihood(values, args.eval_samples)
+        # The importance samples are drawn from the seed (repeatable), as pvae train does.
+        evaluation = evaluate_model(
+            vae, test, num_samples=args.eval_samples, progress=False, seed=args.seed
+        )
+        nll, stderr = evaluation["nll"], evaluation["nll_stderr"]
         paper = PAPER[(objective, k)]
         rows.append(
             (
                 objective.upper(),
                 k,
                 epochs,
-                -est.mean,
-                est.stderr,
+                nll,
+                stderr,
                 paper,
-                -est.mean - paper,
+                nll - paper,
                 train_time,
             )
         )
         print(
-            f"{objective} K={k}: epochs {epochs}, test NLL {-est.mean:.2f} +- {est.stderr:.2f} "
+            f"{objective} K={k}: epochs {epochs}, test NLL {nll:.2f} +- {stderr:.2f} "
             f"(paper {paper}), train {train_time:.0f}s",
             flush=True,
         )

@@ -25,10 +25,10 @@ import pyro
 import torch
 
 from pvae.data import load_dataset
-from pvae.evaluation import LogLikelihood, log_likelihood
 from pvae.infer.objectives import ELBO
 from pvae.infer.train import fit
 from pvae.models import build_model
+from pvae.runs import evaluate_model
 
 RESULTS = Path(__file__).parent / "results" / "svae_sweep.md"
 # Davidson et al. 2018, Table 1 (MNIST): d -> (N-VAE LL, S-VAE LL, N-VAE ELBO, S-VAE ELBO)
@@ -80,18 +80,19 @@ def main() -> None:
                 progress=False,
             )
             train_time = time.perf_counter() - start
-            ll = LogLikelihood(
-                log_likelihood(model.model, model.guide, x_test, num_samples=args.eval_samples),
-                args.eval_samples,
+            # The importance samples are drawn from the seed (repeatable), as pvae train does.
+            evaluation = evaluate_model(
+                model, test, num_samples=args.eval_samples, progress=False, seed=args.seed
             )
+            ll_mean, ll_stderr = -evaluation["nll"], evaluation["nll_stderr"]
             with torch.no_grad():
                 elbo = float(ELBO()(model.model, model.guide, x_test).bound) / len(x_test)
             paper_ll, paper_elbo = (
                 (PAPER[d][0], PAPER[d][2]) if name == "vae" else (PAPER[d][1], PAPER[d][3])
             )
-            rows.append((d, name, ll.mean, ll.stderr, paper_ll, elbo, paper_elbo, train_time))
+            rows.append((d, name, ll_mean, ll_stderr, paper_ll, elbo, paper_elbo, train_time))
             print(
-                f"d={d} {name}: LL {ll.mean:.2f} +- {ll.stderr:.2f} (paper {paper_ll}), "
+                f"d={d} {name}: LL {ll_mean:.2f} +- {ll_stderr:.2f} (paper {paper_ll}), "
                 f"ELBO {elbo:.2f} (paper {paper_elbo}), train {train_time:.0f}s",
                 flush=True,
             )
