@@ -348,7 +348,7 @@ pvae's networks change, expect agreement within the paired standard error instea
         """\
 torch.manual_seed(0)
 vae = VAE(latent_dim=LATENT_DIM, hidden=[HIDDEN])
-vae.initialize_output_bias(train.images.mean(0))
+vae.initialize(train.model_options())  # the output bias from the mean training image
 vae_result = fit(vae.model, vae.guide, train, valid_data=valid, config=config, progress=False)
 
 pyro.set_rng_seed(1)

@@ -28,7 +28,7 @@ VAE on MNIST and then
 4. diagnoses the guide with **PSIS k-hat** [6, 7] and the importance-sampling ESS, and stores
    everything in an ArviZ `InferenceData`;
 5. measures **posterior collapse**: active units [2], KL per unit, mutual information [8];
-6. runs it all at once with `pvae.diagnose.diagnose_run` (what `pvae diagnose RUN_DIR` does).
+6. runs it all at once with `pvae.runs.diagnose_model` (what `pvae diagnose RUN_DIR` does).
 
 With `PVAE_SMOKE=1` (as the test suite runs it) every size shrinks so the notebook runs in
 seconds; the numbers are then meaningless. Without it, it takes a few minutes on a CPU.
@@ -106,7 +106,7 @@ test = load_dataset("mnist", "test", size=TEST_SIZE, size_seed=0, progress=False
 x_test, y_test = test.images, test.labels
 
 vae = VAE(latent_dim=8, hidden=(256,))
-vae.initialize_output_bias(train.images.mean(0))
+vae.initialize(train.model_options())  # the output bias from the mean training image
 objective = ELBO()
 optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
 generator = torch.Generator().manual_seed(0)
@@ -315,16 +315,17 @@ display(Image(figures.plot_latent_traversals(vae, traversals, units.variances, n
         """\
 ## 6. Everything at once
 
-`diagnose_run` computes all of the above on test data and writes `diagnostics.json`,
-`diagnostics.nc` (the InferenceData) and the figures; `pvae diagnose RUN_DIR` calls it on a
-trained run folder.""",
+`pvae.runs.diagnose_model` computes all of the above on a batch of test data and writes
+`diagnostics.json`, `diagnostics.nc` (the InferenceData) and the figures. On a trained run folder,
+`pvae.runs.diagnose_run(RUN_DIR)` (what `pvae diagnose RUN_DIR` calls) loads the model and its
+test data, calls it, and adds a diagnostics section to the run's report.""",
     ),
     (
         "code",
         """\
-from pvae.diagnose import diagnose_run
+from pvae.runs import diagnose_model
 
-metrics, figures = diagnose_run(
+metrics, figures = diagnose_model(
     vae,
     x_test,
     y_test,
