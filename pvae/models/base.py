@@ -171,7 +171,9 @@ class Model(PyroModule):
 
     def training_setup(self, train: Any, valid: Any = None, **options: Any) -> dict[str, Any]:
         """Extra ``pvae.infer.fit`` arguments (a data stream, an objective, callbacks) that
-        override the runner's defaults; ``options`` are the run's (``num_labels``, ``seed``)."""
+        override the runner's defaults; ``options`` are the run's (``num_labels``, ``seed``).
+        The keys ``model`` and ``guide`` replace the pair that is trained (a model trained with
+        another bound than the one it is evaluated with: the homoencoder)."""
         return {}
 
     def metrics(self, test: Any) -> dict[str, float]:
