@@ -20,6 +20,7 @@ from typing import Any
 
 _REGISTRY: dict[str, type] = {}
 _SMOKE: dict[str, dict[str, Any]] = {}
+_SMOKE_DATASET: dict[str, str] = {}
 _LOADED = False
 
 
@@ -33,6 +34,7 @@ def register_model(name: str, *, smoke: Mapping[str, Any] | None = None) -> Call
         _REGISTRY[name] = cls
         if smoke is not None:
             _SMOKE[name] = dict(smoke)
+        _SMOKE_DATASET[name] = smoke_dataset
         cls.registry_name = name
         return cls
 
@@ -68,6 +70,12 @@ def smoke_config(name: str) -> dict[str, Any]:
     if name not in _SMOKE:
         raise ValueError(f"model {name!r} was registered without a smoke config")
     return dict(_SMOKE[name])
+
+
+def smoke_dataset(name: str) -> str:
+    """The registered dataset of model ``name``'s smoke run."""
+    get_model_class(name)
+    return _SMOKE_DATASET.get(name, "mnist")
 
 
 def build_model(name: str, **options: Any) -> Any:

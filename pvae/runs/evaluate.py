@@ -128,5 +128,7 @@ def sample_run(
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")
     samples = model.sample(num, generator=torch.Generator().manual_seed(seed))
+    if samples.dim() > 4:  # sets of images: one row a set
+        samples = samples.reshape(-1, *samples.shape[-3:])
     image_grid(samples, path)
     return path

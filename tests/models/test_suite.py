@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pvae.infer.train import TrainConfig
-from pvae.models.registry import available_models, build_model, smoke_config
+from pvae.models.registry import available_models, build_model, smoke_config, smoke_dataset
 from pvae.runs import TrainSpec, diagnose_run, evaluate_run, load_run, sample_run, train_run
 
 MODELS = available_models()
@@ -38,19 +38,26 @@ def test_registry_rejects_unknown_names_and_options():
         build_model("vae", wings=2)
 
 
-@pytest.fixture(scope="module")
-def mnist_batch():
+def _test_batch(name: str, size: int = 8):
+    """``size`` test units of the model's smoke dataset, as one batch, and its model options."""
     from pvae.data import load_dataset
 
-    data = load_dataset("mnist", "test", size=8, size_seed=0, progress=False)
-    return next(iter(data.batches(8, shuffle=False)))
+    data = load_dataset(smoke_dataset(name), "test", size=size, size_seed=0, progress=False)
+    return next(iter(data.batches(size, shuffle=False))), data.model_options()
+
+
+def _smoke_model(name: str, data_options: dict):
+    cls = type(build_model(name, **smoke_config(name)))
+    options = {key: data_options[key] for key in cls.data_keys if key in data_options}
+    return build_model(name, **options, **smoke_config(name))
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_shapes_and_finite_scores(name, mnist_batch):
+def test_forward_shapes_and_finite_scores(name):
+    batch, data_options = _test_batch(name)
     torch.manual_seed(0)
-    model = build_model(name, **smoke_config(name))
-    args = model.batch_args(mnist_batch)
+    model = _smoke_model(name, data_options)
+    args = model.batch_args(batch)
     guide_trace = poutine.trace(model.guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*args)
     observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
@@ -68,7 +75,7 @@ def smoke_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(name) / "run"
     spec = TrainSpec(
         model=name,
-        dataset="mnist",
+        dataset=smoke_dataset(name),
         model_options=smoke_config(name),
         train=TrainConfig(epochs=1, batch_size=32, seed=0),
         train_size=64,
@@ -91,7 +98,7 @@ def test_two_training_steps_give_a_complete_run_folder(smoke_run):
     assert math.isfinite(metrics["test_nll"]) and metrics["test_nll"] > 0
     assert metrics["eval_size"] == 20
     report = (out / "report.md").read_text()
-    assert f"# {name} on mnist" in report and "test NLL" in report
+    assert f"# {name} on {smoke_dataset(name)}" in report and "test NLL" in report
     figures = re.findall(r"^!\[.*\]\(([^()]+)\)$", report, flags=re.MULTILINE)
     assert "loss_curve.png" in figures
     for name in figures:
@@ -113,8 +120,8 @@ def test_sampling_does_not_use_the_encoder(smoke_run, tmp_path):
     """With every parameter that the guide uses set to NaN, samples stay finite."""
     name, out, _ = smoke_run
     model, _ = load_run(out, "best")
-    x = torch.zeros(2, 1, 28, 28)
-    guide_params = _guide_only_parameters(model, x)
+    batch, _ = _test_batch(name, size=2)
+    guide_params = _guide_only_parameters(model, batch)
     with torch.no_grad():
         for p in guide_params:
             p.fill_(float("nan"))
@@ -124,10 +131,10 @@ def test_sampling_does_not_use_the_encoder(smoke_run, tmp_path):
     assert path.stat().st_size > 0
 
 
-def _guide_only_parameters(model, x) -> list[torch.nn.Parameter]:
+def _guide_only_parameters(model, batch) -> list[torch.nn.Parameter]:
     """Parameters whose gradient the guide reaches but the model's decoder does not."""
-    batch = (x, torch.zeros(x.shape[0], dtype=torch.long))
-    args = model.batch_args(batch)
+    x, y = batch
+    args = model.batch_args((x, torch.zeros_like(y)))
     guide_trace = poutine.trace(model.guide).get_trace(*args)
     loss = -guide_trace.log_prob_sum()
     params = [p for p in model.parameters() if p.requires_grad]
