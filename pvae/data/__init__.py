@@ -29,6 +29,8 @@ _EXPORTS = {
     "ImageDataset": "pvae.data.images",
     "ImageLoader": "pvae.data.images",
     "image_spec": "pvae.data.images",
+    "SetDataset": "pvae.data.sets",
+    "Episode": "pvae.data.sets",
     "SemiSupervisedData": "pvae.data.semisupervised",
     "fetch": "pvae.data.download",
     "RESOURCES": "pvae.data.download",
