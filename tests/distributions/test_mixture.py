@@ -1,7 +1,14 @@
 """ReparameterizedMixture against Pyro's MixtureOfDiagNormals and analytic gradients.
 
 Monte Carlo tolerances: Z = 5 standard errors, estimated from the same samples (see
-test_generic.py).
+test_generic.py); gradients from 50 independent batches, so a correct estimator fails one
+check with probability about 8e-6 (Student's t with 49 degrees of freedom).
+
+Pyro's MixtureOfDiagNormals is not in the unbiasedness test: its gradient in the mixing
+logits is biased for costs whose expectation depends on where a pair of component means sits
+across the line joining them, such as sum_j c_j x_j^2 with unequal c_j (not for sum_j x_j^2
+or linear costs, the kind of cost in Pyro's own test). ``benchmarks/distributions.py``
+measures the bias; ``test_pyro_logit_gradient_is_biased_for_anisotropic_costs`` pins it.
 """
 
 import math
@@ -15,14 +22,22 @@ from torch.distributions import transforms
 from pvae.distributions import ReparameterizedMixture
 
 Z = 5.0
+BATCHES = 50  # independent batches per gradient estimate; their spread gives its s.e.
 
 
-def _parameters(requires_grad=False):
+def _parameters(requires_grad=False, min_scale=0.5):
+    """Fixed mixture parameters (K = 3, D = 4; a fixed generator, not the test seed)."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, generator=generator, dtype=torch.float64)
     locs = 2 * torch.randn(3, 4, generator=generator, dtype=torch.float64)
-    scales = 0.5 + torch.rand(3, 4, generator=generator, dtype=torch.float64)
+    scales = min_scale + torch.rand(3, 4, generator=generator, dtype=torch.float64)
     return [t.requires_grad_(requires_grad) for t in (logits, locs, scales)]
+
+
+def _batch_mean_and_stderr(estimate, batches=BATCHES):
+    """Mean and standard error of ``estimate()`` (a vector) over independent batches."""
+    draws = torch.stack([estimate() for _ in range(batches)])
+    return draws.mean(0), draws.std(0) / math.sqrt(batches)
 
 
 def _ours(logits, locs, scales):
@@ -38,62 +53,96 @@ def test_log_prob_matches_mixture_of_diag_normals():
     torch.testing.assert_close(_ours(logits, locs, scales).log_prob(x), pyro_mixture.log_prob(x))
 
 
+@pytest.mark.statistical
 def test_samples_match_mixture_of_diag_normals_in_distribution():
     logits, locs, scales = _parameters()
     ours = _ours(logits, locs, scales).rsample((20_000,)).detach()
     theirs = dist.MixtureOfDiagNormals(locs, scales, logits).rsample((20_000,)).detach()
-    for j in range(4):  # two-sample Kolmogorov-Smirnov per coordinate
-        assert scipy.stats.ks_2samp(ours[:, j].numpy(), theirs[:, j].numpy()).pvalue > 1e-4
+    for j in range(4):  # two-sample Kolmogorov-Smirnov per coordinate (p is uniform if equal)
+        assert scipy.stats.ks_2samp(ours[:, j].numpy(), theirs[:, j].numpy()).pvalue > 1e-6
     # the joint: the component structure shows up in the cross moments
     se = (ours[:, 0] * ours[:, 1]).std() * math.sqrt(2 / 20_000)
     diff = (ours[:, 0] * ours[:, 1]).mean() - (theirs[:, 0] * theirs[:, 1]).mean()
     assert diff.abs() <= Z * se
 
 
-def _analytic_objective(logits, locs, scales, c):
+C = torch.tensor([1.0, 0.5, -1.0, 2.0], dtype=torch.float64)
+
+
+def _analytic_objective(logits, locs, scales, c=C):
     """E[sum_j c_j x_j^2 + x_j] for the mixture, in closed form."""
     weights = torch.softmax(logits, -1)
     second = ((locs**2 + scales**2) * c).sum(-1) + locs.sum(-1)
     return (weights * second).sum()
 
 
-@pytest.mark.parametrize("which", ["ours", "pyro"])
-def test_expected_gradients_match_analytic(which):
-    """Both estimators are unbiased for the gradient in logits, locs and scales."""
-    params = _parameters(requires_grad=True)
-    c = torch.tensor([1.0, 0.5, -1.0, 2.0], dtype=torch.float64)
+def _expected_gradient(make, params, c=C, size=800):
+    """(analytic gradient, Monte Carlo mean, its s.e.) of the objective in all parameters."""
     target = torch.cat(
         [g.flatten() for g in torch.autograd.grad(_analytic_objective(*params, c), params)]
     )
-    batches = []
-    for _ in range(20):
-        logits, locs, scales = params
-        mixture = (
-            _ours(*params) if which == "ours" else dist.MixtureOfDiagNormals(locs, scales, logits)
-        )
-        x = mixture.rsample((2000,))
+
+    def estimate():
+        x = make(*params).rsample((size,))
         objective = ((x**2 * c) + x).sum(-1).mean()
-        batches.append(torch.cat([g.flatten() for g in torch.autograd.grad(objective, params)]))
-    batches = torch.stack(batches)
-    assert ((batches.mean(0) - target).abs() <= Z * batches.std(0) / math.sqrt(20) + 1e-8).all()
+        return torch.cat([g.flatten() for g in torch.autograd.grad(objective, params)])
+
+    return (target, *_batch_mean_and_stderr(estimate))
 
 
+def _pyro(logits, locs, scales):
+    return dist.MixtureOfDiagNormals(locs, scales, logits)
+
+
+@pytest.mark.statistical
+def test_expected_gradients_match_analytic():
+    """pvae's estimator is unbiased for the gradient in logits, locs and scales."""
+    target, mean, se = _expected_gradient(_ours, _parameters(requires_grad=True))
+    assert ((mean - target).abs() <= Z * se + 1e-8).all()
+
+
+@pytest.mark.statistical
+def test_pyro_logit_gradient_is_biased_for_anisotropic_costs():
+    """Documents (does not endorse) the bias of Pyro's MixtureOfDiagNormals in the logits.
+
+    Its velocity field for the logits moves mass between the pair of components c, d as if
+    both were centred on the line through the origin parallel to mu_c - mu_d (it uses the
+    part of x perpendicular to that line, not of x - mu_c). The expectation of a cost that
+    depends on that perpendicular offset, such as sum_j c_j x_j^2 with unequal c_j, comes
+    out wrong; sum_j x_j^2 + x_j does not, and there Pyro agrees (at these scales). Its
+    gradients in locs and scales are unbiased. Scales in [1, 2] (Pyro's test uses [1, 1.5]) keep its s.e. small:
+    at this sample size the logit bias measures about 50 s.e. (benchmarks/distributions.py),
+    so more than 10 s.e. holds at any seed.
+    """
+    params = _parameters(requires_grad=True, min_scale=1.0)
+    target, mean, se = _expected_gradient(_pyro, params)
+    z = (mean - target) / se
+    assert (z[3:].abs() <= Z).all()
+    assert z[:3].abs().max() > 10
+    isotropic = torch.ones(4, dtype=torch.float64)
+    target, mean, se = _expected_gradient(_pyro, params, c=isotropic)
+    assert ((mean - target).abs() <= Z * se + 1e-8).all()
+
+
+@pytest.mark.statistical
 def test_gradient_with_respect_to_logits_univariate():
     logits = torch.tensor([0.2, -0.5, 1.0], dtype=torch.float64, requires_grad=True)
     locs = torch.tensor([-3.0, 0.0, 2.0], dtype=torch.float64)
     scales = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
     exact = (torch.softmax(logits, -1) * (locs**2 + scales**2)).sum()
     (target,) = torch.autograd.grad(exact, logits)
-    grads = []
-    for _ in range(20):
+
+    def estimate():
         x = ReparameterizedMixture(
             dist.Categorical(logits=logits), dist.Normal(locs, scales)
-        ).rsample((2000,))
-        grads.append(torch.autograd.grad((x**2).mean(), logits)[0])
-    grads = torch.stack(grads)
-    assert ((grads.mean(0) - target).abs() <= Z * grads.std(0) / math.sqrt(20) + 1e-10).all()
+        ).rsample((800,))
+        return torch.autograd.grad((x**2).mean(), logits)[0]
+
+    mean, se = _batch_mean_and_stderr(estimate)
+    assert ((mean - target).abs() <= Z * se + 1e-10).all()
 
 
+@pytest.mark.statistical
 def test_logistic_components_via_transformed_distribution():
     logits = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
     locs = torch.tensor([-2.0, 3.0], dtype=torch.float64, requires_grad=True)
@@ -105,12 +154,13 @@ def test_logistic_components_via_transformed_distribution():
     target = torch.cat(
         torch.autograd.grad((torch.softmax(logits, -1) * locs).sum(), [logits, locs])
     )
-    batches = []
-    for _ in range(20):
-        x = ReparameterizedMixture(dist.Categorical(logits=logits), logistic).rsample((1000,))
-        batches.append(torch.cat(torch.autograd.grad(x.mean(), [logits, locs])))
-    batches = torch.stack(batches)
-    assert ((batches.mean(0) - target).abs() <= Z * batches.std(0) / math.sqrt(20) + 1e-10).all()
+
+    def estimate():
+        x = ReparameterizedMixture(dist.Categorical(logits=logits), logistic).rsample((400,))
+        return torch.cat(torch.autograd.grad(x.mean(), [logits, locs]))
+
+    mean, se = _batch_mean_and_stderr(estimate)
+    assert ((mean - target).abs() <= Z * se + 1e-10).all()
 
 
 def test_vectorized_particles_and_batches():

@@ -1,7 +1,8 @@
 """Tests specific to the spherical families (VonMisesFisher, PowerSpherical).
 
 Monte Carlo tolerances: Z = 5 standard errors, estimated from the same samples (see
-test_generic.py).
+test_generic.py); gradient standard errors from 50 independent batches (a correct estimator
+fails one check with probability about 8e-6; with 10 batches it would be 7e-4).
 """
 
 import math
@@ -51,6 +52,7 @@ def test_vmf_d2_matches_von_mises_on_the_circle():
     torch.testing.assert_close(VonMisesFisher(loc, kappa).log_prob(x), expected)
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("d", [2, 3, 5, 10, 64])
 @pytest.mark.parametrize("kappa", [0.3, 4.0, 60.0])
 def test_vmf_concentration_gradient_matches_derivative_of_mean_resultant_length(d, kappa):
@@ -58,14 +60,14 @@ def test_vmf_concentration_gradient_matches_derivative_of_mean_resultant_length(
     concentration = torch.tensor(kappa, dtype=torch.float64, requires_grad=True)
     loc = _unit(d)
     grads = []
-    for _ in range(10):  # 10 batches give the standard error
-        w = VonMisesFisher(loc, concentration).rsample((2000,)) @ loc
+    for _ in range(50):  # 50 batches give the standard error
+        w = VonMisesFisher(loc, concentration).rsample((400,)) @ loc
         (g,) = torch.autograd.grad(w.mean(), concentration)
         grads.append(g)
     grads = torch.stack(grads)
     a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
     expected = 1 - a * a - (d - 1) * a / kappa
-    assert (grads.mean() - expected).abs() <= Z * grads.std() / math.sqrt(10) + 1e-10
+    assert (grads.mean() - expected).abs() <= Z * grads.std() / math.sqrt(50) + 1e-10
 
 
 def _second_moment_of_w(cls, d, kappa):
@@ -77,6 +79,7 @@ def _second_moment_of_w(cls, d, kappa):
     return 4 * ez2 - 4 * ez + 1
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("cls", SPHERICAL)
 def test_pathwise_gradient_of_nonlinear_function(cls):
     """E[<a, x>^2] = E[w^2] <a, mu>^2 + (1 - E[w^2]) (|a|^2 - <a, mu>^2) / (d - 1): its gradient
@@ -91,14 +94,15 @@ def test_pathwise_gradient_of_nonlinear_function(cls):
     exact = m2 * cos**2 + (1 - m2) * (a @ a - cos**2) / (d - 1)
     target = torch.cat([g.flatten() for g in torch.autograd.grad(exact, [raw, concentration])])
     batches = []
-    for _ in range(20):
-        x = cls(raw / raw.norm(), concentration).rsample((2000,))
+    for _ in range(50):
+        x = cls(raw / raw.norm(), concentration).rsample((800,))
         grads = torch.autograd.grad(((x @ a) ** 2).mean(), [raw, concentration])
         batches.append(torch.cat([g.flatten() for g in grads]))
     batches = torch.stack(batches)
-    assert ((batches.mean(0) - target).abs() <= Z * batches.std(0) / math.sqrt(20) + 1e-8).all()
+    assert ((batches.mean(0) - target).abs() <= Z * batches.std(0) / math.sqrt(50) + 1e-8).all()
 
 
+@pytest.mark.statistical
 def test_vmf_kl_to_vmf_monte_carlo():
     p = VonMisesFisher(_unit(4, 1), torch.tensor(6.0, dtype=torch.float64))
     q = VonMisesFisher(_unit(4, 2), torch.tensor(2.0, dtype=torch.float64))
