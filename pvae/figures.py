@@ -12,11 +12,15 @@ A training run (``pvae train``, ``pvae sample``):
 Diagnostics (``pvae diagnose``):
 
 - :func:`plot_khat`: PSIS k-hat per datum with the 0.5 and 0.7 thresholds [1].
-- :func:`plot_bound_ladder`: ELBO, IWAE-K and AIS means with standard errors [2, 3].
+- :func:`plot_bound_ladder`: each bound of the ladder (IWAE-K, AIS) minus the ELBO, with the
+  standard error of that *paired* difference [2, 3].
 - :func:`plot_kl_per_dimension`: KL(q(z_u | x) || p(z_u)) per unit, sorted.
 - :func:`plot_latent_scatter`: guide means in 2-D (PCA above two dims), coloured by label.
 - :func:`plot_latent_traversals`: decoded images along the highest-variance units.
 - :func:`plot_interpolations`: decoded images between the guide means of two images.
+
+Axes that count things (epochs, data) get integer ticks; every line and colour is named in a
+legend or an axis label.
 
 Every image grid goes through one helper, :func:`_draw_images`: the images tiled into one
 array with a one-pixel white border, drawn by a single ``imshow``.
@@ -37,11 +41,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PathLike = str | os.PathLike
 
@@ -85,21 +91,26 @@ def _tile(images: np.ndarray, border: int = 1) -> np.ndarray:
 
 
 def _draw_images(
-    ax: Axes, images: np.ndarray, row_labels: Sequence[str] | None = None, fontsize: float = 7
+    ax: Axes,
+    images: np.ndarray,
+    row_labels: Sequence[str] | None = None,
+    fontsize: float = 7,
+    col_labels: Sequence[str] | None = None,
 ) -> None:
     """Draws ``images`` ``(rows, cols, C, H, W)`` or ``(rows, cols, H, W)`` as one grid on
-    ``ax``, with ``row_labels`` to the left of the rows."""
-    rows = images.shape[0]
+    ``ax``, with ``row_labels`` to the left of the rows and ``col_labels`` below the columns."""
+    rows, cols = images.shape[:2]
     mosaic = _tile(images)
     ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([])
-    if row_labels is None:
+    if row_labels is None and col_labels is None:
         ax.set_axis_off()
         return
-    height = mosaic.shape[0] / rows
-    ax.set_yticks([(r + 0.5) * height - 0.5 for r in range(rows)])
-    ax.set_yticklabels(list(row_labels), fontsize=fontsize)
-    ax.tick_params(axis="y", length=0)
+    height, width = mosaic.shape[0] / rows, mosaic.shape[1] / cols
+    ax.set_yticks([(r + 0.5) * height - 0.5 for r in range(rows)] if row_labels else [])
+    ax.set_yticklabels(list(row_labels or []), fontsize=fontsize)
+    ax.set_xticks([(c + 0.5) * width - 0.5 for c in range(cols)] if col_labels else [])
+    ax.set_xticklabels(list(col_labels or []), fontsize=fontsize)
+    ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
 
@@ -136,6 +147,7 @@ def loss_curve(history: Sequence[dict], path: PathLike, *, title: str = "") -> P
         ):
             ax.plot(epochs[: len(values)], values, marker="s", label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("nats per datum")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -153,33 +165,61 @@ def plot_khat(khat: Any, path: PathLike, title: str = "PSIS k-hat per datum") ->
     fig = _figure(7, 3.5)
     ax = fig.subplots()
     colors = np.where(shown > 0.7, "C3", np.where(shown > 0.5, "C1", "C0"))
-    ax.scatter(np.arange(k.size), shown, c=colors, s=12)
+    exact = ~np.isfinite(k)
+    index = np.arange(k.size)
+    ax.scatter(index[~exact], shown[~exact], c=colors[~exact], s=12)
+    if exact.any():
+        ax.scatter(index[exact], shown[exact], c="0.5", marker="x", s=14, label="exact (-inf)")
     for level, style in ((0.5, "--"), (0.7, "-")):
         ax.axhline(level, color="0.3", linestyle=style, linewidth=1, label=f"k = {level}")
     share = float((k > 0.7).mean()) if k.size else 0.0
     ax.set_title(f"{title} ({100 * share:.1f}% above 0.7)")
-    ax.set_xlabel("datum")
+    ax.set_xlabel("datum (index)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("k-hat")
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 
 def plot_bound_ladder(ladder: Any, path: PathLike, title: str = "Bound ladder") -> Path:
-    """Means and standard errors of each bound (a :class:`pvae.evaluation.ladder.BoundLadder` or
-    its ``as_dict()`` rows)."""
-    rows = ladder.as_dict() if hasattr(ladder, "as_dict") else list(ladder)
-    names = [r["bound"] for r in rows]
-    means = np.array([r["mean"] for r in rows])
-    errors = np.array([r["stderr"] for r in rows])
-    fig = _figure(7, 3.5)
+    """Each bound of ``ladder`` (a :class:`pvae.evaluation.ladder.BoundLadder`, ELBO first)
+    minus the ELBO, averaged over data, with the standard error of that paired difference.
+
+    The bounds of one datum move together: their spread over data (several nats) hides
+    differences that the paired standard error (often a few tenths of a nat) resolves, so the
+    figure draws the differences; each bound's own mean is written under its name.
+    """
+    rows = list(ladder.rows)
+    if not rows:
+        raise ValueError("the bound ladder has no rows to plot")
+    base = rows[0]
+    gains = np.array([ladder.paired_difference(row, base) for row in rows])
+    position = np.arange(len(rows))
+    fig = _figure(7, 3.8)
     ax = fig.subplots()
-    ax.errorbar(np.arange(len(rows)), means, yerr=errors, fmt="o-", capsize=4)
-    for i, m in enumerate(means):
-        ax.annotate(f"{m:.2f}", (i, m), textcoords="offset points", xytext=(0, 8), ha="center")
-    ax.set_xticks(np.arange(len(rows)))
-    ax.set_xticklabels(names, rotation=20)
-    ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title(title)
+    ax.axhline(0.0, color="0.6", linewidth=1)
+    ax.errorbar(
+        position,
+        gains[:, 0],
+        yerr=np.nan_to_num(gains[:, 1]),
+        fmt="o-",
+        capsize=4,
+        label="mean over data ± s.e. of the paired difference",
+    )
+    for i, (gain, stderr) in enumerate(gains[1:], start=1):
+        text = f"{gain:+.2f}" + (f" ± {stderr:.2f}" if math.isfinite(stderr) else "")
+        ax.annotate(
+            text, (i, gain), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8
+        )
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_xticks(position)
+    ax.set_xticklabels([f"{row.name}\n{row.mean:.2f}" for row in rows], fontsize=8)
+    ax.set_xlabel("bound (below: its mean over data, nats)", fontsize=8)
+    ax.set_ylabel(f"bound − {base.name} (nats per datum)")
+    ax.set_ylim(top=ax.get_ylim()[1] + 0.12 * np.ptp(ax.get_ylim()))
+    ax.set_title(f"{title}: gain over the {base.name} on {base.values.numel()} data", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
@@ -191,15 +231,23 @@ def plot_kl_per_dimension(
     order = np.argsort(-values)
     fig = _figure(max(5, 0.15 * values.size + 2), 3.5)
     ax = fig.subplots()
-    ax.bar(np.arange(values.size), values[order], color="C0")
+    ax.bar(np.arange(values.size), values[order], color="C0", label="mean KL over data")
+    summary = f"total {values.sum():.2f} nats"
     if threshold is not None:
-        ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1, label=f"{threshold}")
-        ax.legend(fontsize=8)
+        ax.axhline(
+            threshold,
+            color="0.3",
+            linestyle="--",
+            linewidth=1,
+            label=f"{threshold:g} nats: units below carry almost no information",
+        )
+        summary += f"; {int((values > threshold).sum())} of {values.size} above {threshold:g}"
+    ax.legend(fontsize=8)
     ax.set_xticks(np.arange(values.size))
     ax.set_xticklabels([str(i) for i in order], fontsize=6, rotation=90)
-    ax.set_xlabel("latent unit (sorted)")
+    ax.set_xlabel("latent unit (index), sorted by KL")
     ax.set_ylabel("KL (nats)")
-    ax.set_title(f"{title} (total {values.sum():.2f} nats)")
+    ax.set_title(f"{title} ({summary})")
     return _save(fig, path)
 
 
@@ -216,7 +264,11 @@ def plot_latent_scatter(
     path: PathLike,
     title: str = "Guide means",
 ) -> Path:
-    """2-D scatter of guide means ``(N, D)`` coloured by ``labels`` (PCA when D > 2)."""
+    """2-D scatter of guide means ``(N, D)`` coloured by ``labels`` (PCA when D > 2).
+
+    Up to 20 distinct integer labels (classes) get one colour each and a legend; other labels
+    (continuous values) a continuous colour map with its colour bar.
+    """
     z = means.detach().double().reshape(means.shape[0], -1).cpu()
     if z.shape[1] > 2:
         z = principal_components(z, 2)
@@ -232,9 +284,21 @@ def plot_latent_scatter(
         ax.scatter(z[:, 0], z[:, 1], s=6, alpha=0.7)
     else:
         lab = _numpy(labels).reshape(-1)
-        points = ax.scatter(z[:, 0], z[:, 1], c=lab, cmap="tab10", s=6, alpha=0.8)
-        if np.unique(lab).size <= 10:
-            fig.colorbar(points, ax=ax, ticks=np.unique(lab), label="label")
+        classes = np.unique(lab)
+        if classes.size <= 20 and np.all(classes == np.round(classes)):
+            palette = "tab10" if classes.size <= 10 else "tab20"
+            colors = matplotlib.colormaps[palette].colors
+            for i, value in enumerate(classes):
+                chosen = lab == value
+                ax.scatter(
+                    z[chosen, 0], z[chosen, 1], color=colors[i], s=6, alpha=0.8, label=f"{value:g}"
+                )
+            ax.legend(
+                title="label", fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5)
+            )
+        else:
+            points = ax.scatter(z[:, 0], z[:, 1], c=lab, cmap="viridis", s=6, alpha=0.8)
+            fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -273,9 +337,12 @@ def plot_latent_traversals(
 
     Row u varies unit u over ``base_u + linspace(-span, span, steps)`` with the other units at
     ``base`` (default: the prior mean, zero); ``variances`` (e.g. from
-    :func:`pvae.evaluation.active_units`) picks the units, by default the first ones.
+    :func:`pvae.evaluation.active_units`) picks the units, by default the first ones. Rows are
+    labelled by unit (and its variance), columns by the value of the unit (or, with ``base``,
+    its offset from ``base_u``).
     """
     dim = int(model.latent_dim) if base is None else base.numel()
+    default_base = base is None
     if base is None:
         base = torch.zeros(dim)
     order = (
@@ -291,12 +358,25 @@ def plot_latent_traversals(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     decoded = decode_mean(model, z.to(device)).cpu()
     _check_images(decoded)
-    fig = _figure(0.9 * steps, 0.9 * len(units) + 0.4)
+    fig = _figure(0.9 * steps + 0.6, 0.9 * len(units) + 0.9)
+    ax = fig.subplots()
     labels = [
-        f"z_{u}" + (f" ({float(variances[u]):.2f})" if variances is not None else "") for u in units
+        f"z_{u}" + (f"\nvar {float(variances[u]):.2f}" if variances is not None else "")
+        for u in units
     ]
-    _draw_images(fig.subplots(), decoded.numpy(), labels)
-    fig.suptitle(f"{title}: {-span:g} .. {span:g} around the prior mean", fontsize=9)
+    values = [f"{round(v, 2):g}" for v in grid.tolist()]
+    _draw_images(ax, decoded.numpy(), labels, col_labels=values)
+    ax.set_ylabel(
+        "unit varied" + (" (variance of its guide mean)" if variances is not None else ""),
+        fontsize=8,
+    )
+    ax.set_xlabel(
+        "value of that unit; the others stay at the prior mean, 0"
+        if default_base
+        else "offset of that unit from base; the others stay at base",
+        fontsize=8,
+    )
+    ax.set_title(f"{title}: one row per unit", fontsize=9)
     return _save(fig, path)
 
 
@@ -325,7 +405,11 @@ def plot_interpolations(
     _check_images(decoded)
     images = torch.cat([x_start.cpu().unsqueeze(1), decoded, x_end.cpu().unsqueeze(1)], dim=1)
     rows = images.shape[0]
-    fig = _figure(0.9 * (steps + 2), 0.9 * rows + 0.4)
-    _draw_images(fig.subplots(), images.numpy())
-    fig.suptitle(f"{title} (first/last column: data)", fontsize=9)
+    fig = _figure(0.9 * (steps + 2), 0.9 * rows + 0.8)
+    ax = fig.subplots()
+    columns = ["start", *(f"{v:.2g}" for v in t.reshape(-1).tolist()), "end"]
+    _draw_images(ax, images.numpy(), col_labels=columns)
+    ax.set_xlabel("t: decoded z = (1 - t) z_start + t z_end; first and last column: the data")
+    ax.xaxis.label.set_fontsize(8)
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)

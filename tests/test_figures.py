@@ -3,11 +3,14 @@
 import sys
 
 import matplotlib.image
+import numpy as np
 import pyro
 import pytest
 import torch
 
 from pvae import figures
+from pvae.evaluation.importance import mean_and_stderr
+from pvae.evaluation.ladder import BoundLadder, LadderRow
 
 
 @pytest.fixture
@@ -18,10 +21,39 @@ def vae():
         yield VAE(input_shape=(1, 6, 6), latent_dim=3, hidden=(8,))
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, in order (their PNGs are still written)."""
+    saved = []
+    save = figures._save
+
+    def record(fig, path, tight=True):
+        saved.append(fig)
+        return save(fig, path, tight)
+
+    monkeypatch.setattr(figures, "_save", record)
+    return saved
+
+
 def _check_png(path):
     assert path.exists() and path.suffix == ".png"
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def _ladder(num_data=200):
+    """Bounds that differ by 2 and 3 nats on every datum, with a spread of 7 nats over data."""
+    g = torch.Generator().manual_seed(0)
+    elbo = -90.0 + 7.0 * torch.randn(num_data, generator=g)
+    rows = [("ELBO", 1, elbo)]
+    for name, k, gain in (("IWAE (K=10)", 10, 2.0), ("AIS (T=50)", 4, 3.0)):
+        rows.append((name, k, elbo + gain + 0.3 * torch.randn(num_data, generator=g)))
+    return BoundLadder([LadderRow(name, k, values) for name, k, values in rows])
+
+
+def _integer_ticks(axis) -> bool:
+    ticks = axis.get_majorticklocs()
+    return len(ticks) > 1 and np.allclose(ticks, np.round(ticks))
 
 
 def test_image_grid_tiles_with_white_borders():
@@ -44,15 +76,68 @@ def test_run_figures(tmp_path):
     assert pyplot is None or not pyplot.get_fignums()
 
 
+def test_counting_axes_have_integer_ticks(tmp_path, drawn):
+    history = [{"epoch": e, "train_bound": -100.0 + e} for e in range(1, 4)]
+    figures.loss_curve(history, tmp_path / "loss.png")
+    figures.plot_khat(torch.tensor([0.1, 0.6, 0.9, float("-inf"), 0.3]), tmp_path / "khat.png")
+    for fig in drawn:  # epochs, data: a few values, which matplotlib would tick at 0.25, 0.5...
+        assert _integer_ticks(fig.axes[0].xaxis)
+
+
+def test_bound_ladder_plots_paired_differences_to_the_elbo(tmp_path, drawn):
+    ladder = _ladder()
+    _check_png(figures.plot_bound_ladder(ladder, tmp_path / "ladder.png"))
+    (ax,) = drawn[0].axes
+    (bars,) = ax.containers
+    line, _, (segments,) = bars.lines
+    elbo = ladder.rows[0].values
+    expected = [mean_and_stderr(row.values - elbo) for row in ladder.rows]
+    np.testing.assert_allclose(line.get_ydata(), [e["mean"] for e in expected], rtol=1e-6)
+    half_widths = [(seg[1][1] - seg[0][1]) / 2 for seg in segments.get_segments()]
+    np.testing.assert_allclose(half_widths, [0.0] + [e["stderr"] for e in expected[1:]], atol=1e-9)
+    # The paired standard errors are the small ones (0.3 / sqrt(200)), not the spread of the
+    # bounds over data (7 / sqrt(200)).
+    assert max(half_widths) < 0.2 * min(row.stderr for row in ladder.rows)
+    # Each bound's own mean stays readable, under its name.
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == f"ELBO\n{ladder.rows[0].mean:.2f}"
+    assert "ELBO" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "mean over data ± s.e. of the paired difference"
+    ]
+
+
+def test_kl_figure_names_its_threshold_in_the_legend(tmp_path, drawn):
+    kl = torch.tensor([0.5, 0.001, 2.0, 0.02])
+    figures.plot_kl_per_dimension(kl, tmp_path / "kl.png")
+    figures.plot_kl_per_dimension(kl, tmp_path / "kl_bare.png", threshold=None)
+    legends = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in drawn]
+    assert legends[0] == ["0.01 nats: units below carry almost no information", "mean KL over data"]
+    assert legends[1] == ["mean KL over data"]
+    assert "3 of 4 above 0.01" in drawn[0].axes[0].get_title()
+    assert [t.get_text() for t in drawn[0].axes[0].get_xticklabels()] == ["2", "0", "3", "1"]
+
+
+def test_latent_scatter_has_one_legend_entry_per_class(tmp_path, drawn):
+    means = torch.randn(60, 4)
+    labels = torch.tensor([3, 7, 9]).repeat(20)
+    figures.plot_latent_scatter(means, labels, tmp_path / "classes.png")
+    (ax,) = drawn[0].axes  # no colour bar
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "label"
+    assert [t.get_text() for t in legend.get_texts()] == ["3", "7", "9"]
+    # Each class's points have the colour of its legend entry.
+    for points, handle in zip(ax.collections, legend.legend_handles, strict=True):
+        np.testing.assert_allclose(points.get_facecolor()[0], handle.get_facecolor()[0])
+    # Continuous values keep a colour bar.
+    figures.plot_latent_scatter(means, torch.rand(60), tmp_path / "continuous.png")
+    assert len(drawn[1].axes) == 2 and drawn[1].axes[1].get_ylabel() == "label"
+
+
 def test_summary_plots(tmp_path):
     khat = torch.tensor([0.1, 0.6, 0.9, float("-inf"), 0.3])
     _check_png(figures.plot_khat(khat, tmp_path / "khat.png"))
-    rows = [
-        {"bound": "ELBO", "mean": -90.0, "stderr": 1.0},
-        {"bound": "IWAE (K=10)", "mean": -88.0, "stderr": 1.0},
-        {"bound": "AIS", "mean": -87.0, "stderr": 1.0},
-    ]
-    _check_png(figures.plot_bound_ladder(rows, tmp_path / "ladder.png"))
+    _check_png(figures.plot_bound_ladder(_ladder(), tmp_path / "ladder.png"))
     _check_png(figures.plot_kl_per_dimension(torch.rand(12), tmp_path / "sub" / "kl.png"))
     pyplot = sys.modules.get("matplotlib.pyplot")  # no figure left open in pyplot's registry
     assert pyplot is None or not pyplot.get_fignums()
@@ -74,13 +159,20 @@ def test_principal_components_recover_the_main_direction():
     assert projected[:, 0].var() > 50 * projected[:, 1].var()
 
 
-def test_traversals_and_interpolations(tmp_path, vae):
+def test_traversals_and_interpolations(tmp_path, vae, drawn):
     variances = torch.tensor([0.5, 0.0, 2.0])
     path = figures.plot_latent_traversals(
         vae, tmp_path / "traversals.png", variances, num_dims=2, steps=5
     )
     _check_png(path)
+    # Rows name the unit and its variance, columns the value it takes.
+    (ax,) = drawn[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z_2\nvar 2.00", "z_0\nvar 0.50"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["-3", "-1.5", "0", "1.5", "3"]
+    assert "unit" in ax.get_ylabel() and "prior mean" in ax.get_xlabel()
     x = torch.bernoulli(torch.full((4, 1, 6, 6), 0.5))
     _check_png(figures.plot_interpolations(vae, x[:2], x[2:], tmp_path / "interp.png", steps=4))
+    columns = [t.get_text() for t in drawn[1].axes[0].get_xticklabels()]
+    assert columns == ["start", "0", "0.33", "0.67", "1", "end"]
     with pytest.raises(ValueError, match="differ"):
         figures.plot_interpolations(vae, x[:2], x[:1], tmp_path / "bad.png")

@@ -44,9 +44,13 @@ class BoundLadder:
 
     rows: list[LadderRow] = field(default_factory=list)
 
-    def gap_to_reference(self, row: LadderRow) -> tuple[float, float]:
-        gap = mean_and_stderr(row.values.double() - self.rows[-1].values.double())
+    def paired_difference(self, row: LadderRow, base: LadderRow) -> tuple[float, float]:
+        """Mean over data of ``row - base`` and the standard error of that paired difference."""
+        gap = mean_and_stderr(row.values.double() - base.values.double())
         return gap["mean"], gap["stderr"]
+
+    def gap_to_reference(self, row: LadderRow) -> tuple[float, float]:
+        return self.paired_difference(row, self.rows[-1])
 
     def as_dict(self) -> list[dict[str, Any]]:
         out = []
