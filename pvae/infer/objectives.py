@@ -31,6 +31,7 @@ from torch.distributions import kl_divergence
 
 from pvae.infer.trace import (
     DataScaleMessenger,
+    check_site_match,
     data_frame,
     latent_sites,
     per_datum_log_weights,
@@ -57,6 +58,9 @@ class Objective:
     """Base class. ``beta`` weights the latent terms (KL annealing, beta-VAE)."""
 
     name = "objective"
+    #: the Pyro ELBO that scores the pair, if any: its semantics decide which sites may be
+    #: missing from the guide (:func:`pvae.infer.trace.check_site_match`)
+    pyro_elbo: PyroELBO | None = None
 
     def __init__(self, num_particles: int = 1) -> None:
         if int(num_particles) < 1:
@@ -69,7 +73,9 @@ class Objective:
     def max_plate_nesting(self, model: Callable, guide: Callable, args, kwargs) -> int:
         key = (model, guide)
         if key not in self._nesting:
-            self._nesting[key] = probe_max_plate_nesting(model, guide, args, kwargs)
+            self._nesting[key] = probe_max_plate_nesting(
+                model, guide, args, kwargs, pyro_elbo=self.pyro_elbo
+            )
         return self._nesting[key]
 
     def __call__(
@@ -272,22 +278,24 @@ class IWAE(Objective):
             # detached ones (direct) without running the guide again.
             (name,) = names
             site = guide_trace.nodes[name]
-            pathwise_guide = guide_trace.copy()
-            pathwise_guide.nodes[name] = {**site, "value": scaled[name]}
+            pathwise_guide = _with_values(guide_trace, scaled)
             direct_log_q = {name: site_log_prob(site, detached[name])}
         else:
             # Later sites' distributions depend on earlier samples: re-run the guide so that
             # those dependencies see the re-weighted (and the detached) samples too.
-            pathwise_guide = poutine.trace(poutine.condition(vguide, data=scaled)).get_trace(
-                *args, **kwargs
-            )
-            direct_guide = poutine.trace(poutine.condition(vguide, data=detached)).get_trace(
-                *args, **kwargs
-            )
+            pathwise_guide = poutine.trace(
+                poutine.replay(vguide, trace=_with_values(guide_trace, scaled))
+            ).get_trace(*args, **kwargs)
+            direct_guide = poutine.trace(
+                poutine.replay(vguide, trace=_with_values(guide_trace, detached))
+            ).get_trace(*args, **kwargs)
             direct_log_q = {name: site_log_prob(direct_guide.nodes[name]) for name in names}
-        model_trace = poutine.trace(poutine.condition(vmodel, data=scaled)).get_trace(
+        # Replayed, not conditioned, on the samples: the sites stay latent, so the model's
+        # latents can be checked against the guide's.
+        model_trace = poutine.trace(poutine.replay(vmodel, trace=pathwise_guide)).get_trace(
             *args, **kwargs
         )
+        check_site_match(model_trace, pathwise_guide)
         log_w = per_datum_log_weights(model_trace, pathwise_guide, max_plate_nesting=nesting)
         # + log q_phi(sg z): cancels the direct (score) dependence of log q on phi.
         direct = 0.0
@@ -302,6 +310,14 @@ class IWAE(Objective):
         frame = data_frame(model_trace)
         loss = -_minibatch_factor(frame, num_data, scale) * (normalized * surrogate_log_w).sum()
         return ObjectiveValue(loss=loss, bound=bound, data_plate=frame)
+
+
+def _with_values(trace, values: dict[str, torch.Tensor]):
+    """A copy of ``trace`` whose sites named in ``values`` hold those values (to replay)."""
+    copy = trace.copy()
+    for name, value in values.items():
+        copy.nodes[name] = {**trace.nodes[name], "value": value}
+    return copy
 
 
 # DReG with one latent site scores it from the first guide trace; the tests switch this off
@@ -341,7 +357,7 @@ class PyroObjective(Objective):
 
     def __init__(self, elbo: PyroELBO) -> None:
         super().__init__(getattr(elbo, "num_particles", 1))
-        self.elbo = elbo
+        self.elbo = self.pyro_elbo = elbo
         self.name = type(elbo).__name__
 
     def __call__(

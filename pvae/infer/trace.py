@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import TraceEnum_ELBO, TraceTMC_ELBO
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
@@ -127,6 +128,71 @@ def scored_sites(trace: Trace) -> list[dict[str, Any]]:
     return [s for s in trace.nodes.values() if is_scored(s)]
 
 
+def check_site_match(model_trace: Trace, guide_trace: Trace, *, pyro_elbo: Any = None) -> None:
+    """``ValueError`` naming the sites unless the guide samples exactly the model's latents.
+
+    A model latent the guide does not sample (a typo, ``"w"`` for ``"z"``; an empty guide; a
+    model-only discrete latent) is drawn from the prior when the model is replayed, and its
+    log-density enters the bound without a guide's to weigh it: the ELBO, the importance
+    weights and AIS are then wrong without any sign. A guide latent the model does not sample
+    (absent from it, or observed in it) is scored by ``log q`` alone. Both are refused.
+
+    With ``pyro_elbo``, the Pyro ``ELBO`` that will score the pair, what Pyro's semantics make
+    valid is allowed: guide sites marked ``infer={"is_auxiliary": True}`` (an AutoGuide's joint
+    latent) and, for an enumerating ELBO (``TraceEnum_ELBO``, ``TraceTMC_ELBO``), model latents
+    marked ``infer={"enumerate": ...}``, which it sums out. What Pyro only warns about ("Found
+    vars in model but not guide") is refused. pvae's own objectives and evaluators neither
+    enumerate nor use auxiliary sites.
+
+    Cost: one pass over the two traces' sites already made; no model or guide run.
+    """
+    enumerates = isinstance(pyro_elbo, (TraceEnum_ELBO, TraceTMC_ELBO))
+    auxiliary = pyro_elbo is not None
+    model_latents = {s["name"]: s for s in latent_sites(model_trace)}
+    guide_latents = {s["name"]: s for s in latent_sites(guide_trace)}
+    model_only = [
+        name
+        for name, site in model_latents.items()
+        if name not in guide_latents and not (enumerates and site["infer"].get("enumerate"))
+    ]
+    guide_only = [
+        name
+        for name, site in guide_latents.items()
+        if name not in model_latents and not (auxiliary and site["infer"].get("is_auxiliary"))
+    ]
+    if not model_only and not guide_only:
+        return
+    problems = []
+    if model_only:
+        problems.append(
+            f"the model's latent sites {_names(model_only)} are not sampled by the guide (the "
+            "model would draw them from the prior, unscored)"
+        )
+    if guide_only:
+        observed = [n for n in guide_only if n in model_trace.nodes]
+        absent = [n for n in guide_only if n not in model_trace.nodes]
+        if absent:
+            problems.append(f"the guide's latent sites {_names(absent)} are not in the model")
+        if observed:
+            problems.append(
+                f"the guide samples latent sites {_names(observed)} that the model observes"
+            )
+    hint = (
+        "; a model latent marked infer={'enumerate': 'parallel'} needs TraceEnum_ELBO"
+        if any(model_latents[n]["infer"].get("enumerate") for n in model_only)
+        else ""
+    )
+    raise ValueError(
+        f"model and guide latent sites differ: {'; '.join(problems)}. The guide must sample "
+        f"every latent site of the model, with the same names (model: "
+        f"{_names(model_latents)}, guide: {_names(guide_latents)}){hint}"
+    )
+
+
+def _names(names) -> str:
+    return "[" + ", ".join(repr(n) for n in names) + "]"
+
+
 def guess_max_plate_nesting(*traces: Trace) -> int:
     """The largest number of vectorized plates any site of the traces sits in."""
     nesting = 0
@@ -172,11 +238,14 @@ def trace_model_guide(
     num_particles: int | None = None,
     max_plate_nesting: int = 1,
     scale: float = 1.0,
+    pyro_elbo: Any = None,
 ) -> tuple[Trace, Trace]:
     """Runs the guide, then the model replayed against it; returns ``(model_trace, guide_trace)``.
 
     With ``num_particles`` both run inside a particle plate at dim ``-(max_plate_nesting + 1)``.
-    ``scale`` multiplies the sites in the data plate (minibatch scaling N/B).
+    ``scale`` multiplies the sites in the data plate (minibatch scaling N/B). ``ValueError``
+    unless the guide samples exactly the model's latent sites (:func:`check_site_match`; ``pyro_elbo``: the
+    Pyro ``ELBO`` that will score the pair, whose semantics then apply).
     """
     kwargs = kwargs or {}
     if num_particles is not None:
@@ -187,19 +256,28 @@ def trace_model_guide(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    check_site_match(model_trace, guide_trace, pyro_elbo=pyro_elbo)
     return model_trace, guide_trace
 
 
 def probe_max_plate_nesting(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict | None = None
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict | None = None,
+    *,
+    pyro_elbo: Any = None,
 ) -> int:
     """Runs the guide and the replayed model once on ``args`` (no gradients) and returns their
-    plate nesting, at least 1 (the data plate); ``ValueError`` if the model has no "data" plate.
+    plate nesting, at least 1 (the data plate); ``ValueError`` if the model has no "data" plate
+    or its latent sites differ from the guide's (:func:`check_site_match`).
 
     Pass one datum (``x[:1]``) when only the nesting is wanted: it is the same for any batch.
     """
     with torch.no_grad():
-        model_trace, guide_trace = trace_model_guide(model, guide, args, kwargs)
+        model_trace, guide_trace = trace_model_guide(
+            model, guide, args, kwargs, pyro_elbo=pyro_elbo
+        )
     data_frame(model_trace)  # fail early and clearly without a data plate
     return max(1, guess_max_plate_nesting(model_trace, guide_trace))
 
