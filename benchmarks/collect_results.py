@@ -14,6 +14,7 @@ ORDER = [
     "svae_sweep",
     "svae_sweep_30_epochs",
     "m2_accuracy",
+    "few_shot",
     "diagnostics",
 ]
 

@@ -24,9 +24,14 @@ _SMOKE_DATASET: dict[str, str] = {}
 _LOADED = False
 
 
-def register_model(name: str, *, smoke: Mapping[str, Any] | None = None) -> Callable[[type], type]:
+def register_model(
+    name: str, *, smoke: Mapping[str, Any] | None = None, smoke_dataset: str = "mnist"
+) -> Callable[[type], type]:
     """Class decorator registering a model under ``name`` (the ``pvae train --model`` value),
-    with its smoke config ``smoke`` (options for a seconds-long test run)."""
+    with its smoke config ``smoke`` (options for a seconds-long test run) and the registered
+    dataset of its smoke run (``smoke_dataset``: data of the model's modality)."""
+
+    dataset = smoke_dataset
 
     def decorator(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -34,7 +39,7 @@ def register_model(name: str, *, smoke: Mapping[str, Any] | None = None) -> Call
         _REGISTRY[name] = cls
         if smoke is not None:
             _SMOKE[name] = dict(smoke)
-        _SMOKE_DATASET[name] = smoke_dataset
+        _SMOKE_DATASET[name] = dataset
         cls.registry_name = name
         return cls
 

@@ -22,7 +22,8 @@ LABEL_RANGES = {"mnist": (0, 9), "binarized_mnist": (-1, -1), "omniglot": (0, 96
 
 
 def test_registry():
-    assert available_datasets() == ["binarized_mnist", "mnist", "omniglot"]
+    assert {"binarized_mnist", "mnist", "omniglot", "omniglot_sets"} <= set(available_datasets())
+    assert available_datasets() == sorted(available_datasets())
     assert set(DATASETS) == set(available_datasets())
 
 
@@ -126,7 +127,7 @@ def test_works_with_torch_dataloader():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"name": "cifar10"}, "available: binarized_mnist, mnist, omniglot"),
+        ({"name": "cifar10"}, "available: binarized_mnist, mnist, mnist_sets, omniglot"),
         ({"name": "mnist", "split": "validation"}, "available: train, valid"),
         ({"name": "mnist", "binarize": "stochastic"}, "binarize must be one of"),
         ({"name": "mnist", "size": 0}, "size must be a positive integer"),

@@ -165,3 +165,23 @@ def test_one_shot_query_equal_to_its_support_is_classified_as_its_class():
         support = _binary_sets(5, 1, seed=5)
         predicted = model.classify_episode(support, support[:, 0])
     assert torch.equal(predicted, torch.arange(5))
+
+
+@pytest.mark.slow
+def test_few_shot_benchmark_runs_in_its_smoke_setting(data_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "few_shot.py"
+    out = tmp_path / "few_shot.md"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = out.read_text()
+    for task in ("omniglot 5-way 1-shot", "MNIST 10-way 5-shot", "test NLL per set"):
+        assert task in table

@@ -18,6 +18,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+from pvae.infer.trace import latent_sites
 from pvae.infer.train import TrainConfig
 from pvae.models.registry import available_models, build_model, smoke_config, smoke_dataset
 from pvae.runs import TrainSpec, diagnose_run, evaluate_run, load_run, sample_run, train_run
@@ -62,9 +63,8 @@ def test_forward_shapes_and_finite_scores(name):
     model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*args)
     observed = [s for s in model_trace.nodes.values() if s["type"] == "sample" and s["is_observed"]]
     assert observed, "the model observes the data"
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"]:
-            assert site["value"].shape[0] == 8, f"{site['name']}: one row per datum"
+    for site in latent_sites(guide_trace):
+        assert site["value"].shape[0] == 8, f"{site['name']}: one row per datum"
     assert torch.isfinite(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
 
 
