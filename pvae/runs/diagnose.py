@@ -11,6 +11,10 @@ and the collapse metrics (active units, KL per unit, mutual information), then w
 - ``diagnostics.nc``: an ArviZ ``InferenceData`` (guide samples, log weights, k-hat, ESS);
 - ``diagnostics_*.png``: the figures of :mod:`pvae.figures`.
 
+:func:`summary_rows` picks the numbers a reader looks at first (the ladder, the k-hat shares,
+the BDMC gap, active units, mutual information); :func:`summary_text` lays them out as the
+table ``pvae diagnose`` prints, and ``report.md`` holds the same rows.
+
 References:
     [1] Wu, Burda, Salakhutdinov, Grosse. On the Quantitative Analysis of Decoder-Based
         Generative Models. ICLR 2017. arXiv:1611.04273
@@ -342,6 +346,108 @@ def diagnose_run(
         seed=seed,
         progress=progress,
     )
-    notes = [f"{name} skipped: {reason}" for name, reason in metrics["skipped"].items()]
-    append_diagnostics(Path(run_dir), figures, notes)
+    append_diagnostics(Path(run_dir), figures, skipped_notes(metrics), summary_rows(metrics))
     return metrics
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals; ``n/a`` for the nulls that stand for inf/nan."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The headline numbers of ``diagnose_model``'s ``metrics`` as ``(diagnostic, value, note)``
+    rows: each bound of the ladder (mean ± standard error over data, and its paired gap to the
+    ladder's last bound), the shares of k-hat above 0.5 and 0.7, the BDMC gap, active units,
+    mutual information and the total KL; a diagnostic that was skipped has no row."""
+    rows = []
+    ladder = metrics.get("ladder") or []
+    reference = ladder[-1]["bound"] if ladder else ""
+    for i, entry in enumerate(ladder):
+        if i == len(ladder) - 1:
+            note = "the reference of the gaps above" if len(ladder) > 1 else ""
+        else:
+            gap, gap_se = entry["minus_reference"], entry["minus_reference_stderr"]
+            note = (
+                f"{_number(None if gap is None else -gap)} ± {_number(gap_se)} below "
+                f"{reference} (paired)"
+            )
+        value = f"{_number(entry['mean'])} ± {_number(entry['stderr'])} nats"
+        rows.append((entry["bound"], value, note))
+    importance = metrics.get("importance")
+    if importance:
+        for level, note in (
+            ("0.5", "weights of infinite variance: slow convergence"),
+            ("0.7", "importance sampling unreliable for these data"),
+        ):
+            share = importance[f"share_khat_above_{level}"]
+            rows.append((f"PSIS k-hat > {level}", f"{100 * share:.0f} % of data", note))
+    bdmc = metrics.get("bdmc")
+    if bdmc:
+        rows.append(
+            (
+                "BDMC gap",
+                f"{_number(bdmc['gap_mean'])} ± {_number(bdmc['gap_stderr'])} nats",
+                f"upper - lower bound, {bdmc['num_data']} simulated data, "
+                f"{bdmc['steps']} AIS steps",
+            )
+        )
+    units = metrics.get("active_units")
+    if units:
+        rows.append(
+            (
+                "active units",
+                f"{units['count']} / {units['total']}",
+                f"variance over data of E[z_u | x] above {units['threshold']:g}",
+            )
+        )
+    information = metrics.get("mutual_information")
+    if information is not None:
+        rows.append(
+            (
+                "mutual information I(x; z)",
+                f"{_number(information)} nats",
+                f"at most log {metrics['num_data']} = {_number(metrics['mutual_information_max'])}",
+            )
+        )
+    if metrics.get("kl_total") is not None:
+        rows.append(
+            ("KL(q(z | x) || p(z))", f"{_number(metrics['kl_total'])} nats", "mean over data")
+        )
+    return rows
+
+
+def skipped_notes(metrics: dict[str, Any]) -> list[str]:
+    """One line per diagnostic that did not apply: ``"NAME skipped: REASON"``."""
+    return [f"{name} skipped: {reason}" for name, reason in metrics.get("skipped", {}).items()]
+
+
+SUMMARY_HEADER = ("diagnostic", "value", "note")
+SUMMARY_FOOTNOTE = (
+    "± is the standard error over the test data; the gaps between bounds are paired "
+    "(the same data), hence far more precise."
+)
+
+
+def summary_text(metrics: dict[str, Any], run_dir: str | os.PathLike | None = None) -> str:
+    """The table ``pvae diagnose`` prints: :func:`summary_rows` in aligned columns, then what
+    was skipped and why, and where the files are."""
+    where = f" {run_dir}" if run_dir is not None else ""
+    lines = [
+        f"Diagnostics of{where}: {metrics['num_data']} test data, "
+        f"{metrics['num_samples']} importance samples each, {metrics.get('seconds') or 0:.0f} s",
+        "",
+    ]
+    table = [SUMMARY_HEADER, *summary_rows(metrics)]
+    widths = [max(len(row[c]) for row in table) for c in range(3)]
+    for i, (name, value, note) in enumerate(table):
+        lines.append(f"{name:<{widths[0]}}  {value:<{widths[1]}}  {note}".rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    lines += ["", SUMMARY_FOOTNOTE]
+    lines += skipped_notes(metrics)
+    folder = Path(run_dir) if run_dir is not None else Path(".")
+    lines.append(
+        f"All numbers: {folder / 'diagnostics.json'}; table and figures: {folder / 'report.md'}"
+    )
+    return "\n".join(lines)

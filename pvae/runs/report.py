@@ -73,15 +73,30 @@ def write_report(
     return path
 
 
+def _markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """``rows`` (the first one the header) as a markdown table; ``|`` in cells escaped."""
+    cells = [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    return "\n".join(lines)
+
+
 def append_diagnostics(
-    run_dir: Path, figures: Sequence[tuple[str, str]], notes: Sequence[str]
+    run_dir: Path,
+    figures: Sequence[tuple[str, str]],
+    notes: Sequence[str],
+    summary: Sequence[tuple[str, str, str]] = (),
 ) -> None:
-    """Adds (or replaces) the report's diagnostics section: notes, then one heading and image
-    per figure."""
+    """Adds (or replaces) the report's diagnostics section: the ``summary`` table (rows of
+    :func:`pvae.runs.diagnose.summary_rows`), notes, then one heading and image per figure."""
+    from pvae.runs.diagnose import SUMMARY_FOOTNOTE, SUMMARY_HEADER
+
     report = run_dir / "report.md"
     text = report.read_text() if report.exists() else f"# {run_dir.name}\n"
     text = text.split(DIAGNOSTICS_MARKER)[0].rstrip("\n") + "\n" + DIAGNOSTICS_MARKER
-    text += "\nNumbers: `diagnostics.json`; ArviZ data: `diagnostics.nc`.\n"
+    if summary:
+        text += f"\n{_markdown_table([SUMMARY_HEADER, *summary])}\n\n{SUMMARY_FOOTNOTE}\n"
+    text += "\nAll numbers: `diagnostics.json`; ArviZ data: `diagnostics.nc`.\n"
     for note in notes:
         text += f"\n- {note}"
     if notes:
