@@ -399,6 +399,7 @@ def _diagnose_sizes(args: argparse.Namespace) -> dict[str, int]:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from pvae.runs import diagnose_run
+    from pvae.runs.diagnose import summary_text
 
     metrics = diagnose_run(
         args.run_dir,
@@ -407,7 +408,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    print(json.dumps(metrics, indent=2, default=str))
+    print(summary_text(metrics, args.run_dir))
     return 0
 
 

@@ -504,9 +504,21 @@ def test_diagnose_writes_its_files_and_report_section(run_copy: Path, capsys) ->
     assert code == 0, err
     saved = json.loads((run_copy / "diagnostics.json").read_text())
     assert saved["num_data"] == 4
-    assert json.loads(stdout)["num_data"] == 4
+    # A short table, not the JSON: the ladder, k-hat, BDMC, collapse; the same rows in the report.
+    lines = stdout.strip().splitlines()
+    assert len(lines) < 25 and lines[0].startswith(f"Diagnostics of {run_copy}: 4 test data")
+    names = ["ELBO", "IWAE (K=10)", "AIS (T=5)", "PSIS k-hat > 0.5", "PSIS k-hat > 0.7"]
+    names += ["BDMC gap", "active units", "mutual information I(x; z)"]
+    rows = {line.split("  ")[0]: line for line in lines[2:]}
+    assert set(names) <= set(rows)
+    elbo = saved["ladder"][0]
+    assert f"{elbo['mean']:.2f} ± {elbo['stderr']:.2f} nats" in rows["ELBO"]
+    assert f"{saved['active_units']['count']} / {saved['active_units']['total']}" in stdout
     report = (run_copy / "report.md").read_text()
     assert report.count("## Diagnostics (`pvae diagnose`)") == 1
+    assert f"| ELBO | {elbo['mean']:.2f} ± {elbo['stderr']:.2f} nats |" in report
+    for name in names:
+        assert f"| {name} | " in report
     # Running it again replaces the section instead of appending a second one.
     assert run_cli(argv, capsys)[0] == 0
     assert (run_copy / "report.md").read_text().count("## Diagnostics (`pvae diagnose`)") == 1
