@@ -2,14 +2,33 @@
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from torch.distributions import biject_to, transform_to
+from torch.distributions.transforms import ExpTransform
+
+
+class _FinitePositive(constraints.Constraint):
+    """``0 < x < inf``: a concentration of ``inf`` passes ``constraints.positive`` but makes
+    ``log_prob``, ``entropy`` and the concentration's gradient NaN."""
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        return (value > 0) & torch.isfinite(value)
+
+    def __repr__(self) -> str:
+        return "FinitePositive()"
+
+
+finite_positive = _FinitePositive()
+# The same parametrization as ``constraints.positive`` for a pyro.param or PyroParam.
+biject_to.register(_FinitePositive)(lambda constraint: ExpTransform())
+transform_to.register(_FinitePositive)(lambda constraint: ExpTransform())
 
 
 class SphericalLocConcentration(TorchDistribution):
     """Base of distributions on S^(d-1) with a mean direction ``loc`` (..., d) of unit norm and
-    a positive ``concentration`` (...): argument checks, broadcasting, ``expand``, ``dim`` and
+    a finite, positive ``concentration`` (...): argument checks, broadcasting, ``expand``, ``dim`` and
     ``mode``. Subclasses add sampling and densities."""
 
-    arg_constraints = {"loc": constraints.sphere, "concentration": constraints.positive}
+    arg_constraints = {"loc": constraints.sphere, "concentration": finite_positive}
     support = constraints.sphere
     has_rsample = True
     _shape_hint = ""  # appended to the bad-shape error

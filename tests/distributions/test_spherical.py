@@ -231,3 +231,20 @@ def test_property_invalid_parameters_raise(cls, d, scale, kappa):
     loc = scale * _unit(d)
     with pytest.raises(ValueError):
         cls(loc, torch.tensor(kappa, dtype=torch.float64), validate_args=True)
+
+
+@pytest.mark.parametrize("cls", SPHERICAL)
+@pytest.mark.parametrize("d", [3, 5])
+def test_infinite_concentration_is_refused_by_validation(cls, d):
+    # kappa = inf made log_prob, entropy and the kappa gradient NaN under validation.
+    for kappa in (float("inf"), [1.0, float("inf")]):
+        with pytest.raises(ValueError, match="concentration"):
+            cls(_unit(d), torch.tensor(kappa, dtype=torch.float64), validate_args=True)
+    constraint = cls.arg_constraints["concentration"]
+    values = torch.tensor(
+        [float("inf"), 1e300, 1e-300, 0.0, -1.0, float("nan")], dtype=torch.float64
+    )
+    assert constraint.check(values).tolist() == [False, True, True, False, False, False]
+    # A constrained pyro.param / PyroParam is parametrized as under constraints.positive.
+    transform = torch.distributions.transform_to(constraint)
+    assert constraint.check(transform(torch.tensor([-50.0, 0.0, 50.0]))).all()
