@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -30,8 +38,15 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -46,7 +61,7 @@ _DIAGNOSE_SIZES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pvae",
         description="pvae: a model zoo of variational autoencoders built on Pyro.",
     )
@@ -128,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--kl-anneal",
-        type=float,
+        type=_nonnegative_float,
         default=0.0,
         help="epochs over which the KL weight grows from 0 to 1",
     )
@@ -138,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="early stopping: epochs without validation improvement",
     )
-    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checked first)")
     train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"
     )
@@ -146,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="run folder (default runs/<model>-<dataset>-<objective>)"
     )
     train.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint; it may change only --epochs, "
+        "--patience, --checkpoint-every, --device, --eval-samples and --eval-size (recorded in "
+        "config.json's resumes), not what decided the epochs already trained",
     )
     train.add_argument(
         "--checkpoint-every", type=_positive_int, default=None, help="also checkpoint every N steps"
@@ -195,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint"
     )
-    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checked first)")
     evaluate.add_argument(
         "--seed",
         type=int,
@@ -248,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- train ------------------------------------------------------------------------------------
+# Model options with a flag of their own (the others go through --model-option).
 _MODEL_FLAGS = ("latent_dim", "hidden", "activation", "likelihood", "architecture")
 
 
@@ -293,6 +313,20 @@ def _list_models() -> str:
     return "\n".join(lines)
 
 
+# TrainConfig's fields and the flags that set them (its errors start with the field's name).
+_TRAIN_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
+    "clip_norm": "--clip-norm",
+    "kl_anneal_epochs": "--kl-anneal",
+    "early_stopping_patience": "--patience",
+    "seed": "--seed",
+    "checkpoint_every": "--checkpoint-every",
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pvae.infer.train import TrainConfig
     from pvae.models.registry import available_models
@@ -307,13 +341,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             "pvae: note: --objective iwae with --num-particles 1 equals the ELBO", file=sys.stderr
         )
-    spec = TrainSpec(
-        model=args.model,
-        dataset=args.dataset,
-        model_options=_model_options(args),
-        objective=args.objective,
-        num_particles=args.num_particles,
-        train=TrainConfig(
+    try:
+        train = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -324,7 +353,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             checkpoint_every=args.checkpoint_every,
-        ),
+        )
+    except ValueError as error:
+        field = str(error).split(" ", 1)[0]
+        raise CLIError(f"argument {_TRAIN_FLAGS.get(field, field)}: {error}") from None
+    spec = TrainSpec(
+        model=args.model,
+        dataset=args.dataset,
+        model_options=_model_options(args),
+        objective=args.objective,
+        num_particles=args.num_particles,
+        train=train,
         eval_samples=args.eval_samples,
         eval_size=args.eval_size,
         train_size=args.train_size,
@@ -420,6 +459,27 @@ COMMANDS = {
 }
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Any command's ``--device``, checked before it reads or writes anything."""
+    device = getattr(args, "device", None)
+    if device is None:
+        return
+    from pvae.runs.folder import check_device
+
+    try:
+        check_device(device)
+    except ValueError as error:
+        raise CLIError(f"--device {device}: {error}") from None
+
+
+def _os_error(error: OSError) -> str:
+    """An OS error (a full disk, a folder without permission) as one line naming the file."""
+    if error.strerror is None:
+        return str(error)
+    where = f" {error.filename}" if error.filename is not None else ""
+    return f"cannot write or read{where}: {error.strerror}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -437,9 +497,13 @@ def main(argv: list[str] | None = None) -> int:
         DataIntegrityError,
     )
     try:
+        _check_device(args)
         return COMMANDS[args.command](args)
     except user_errors as error:
         print(f"pvae {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"pvae {args.command}: error: {_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pvae {args.command}: interrupted (resume training with --resume)", file=sys.stderr)

@@ -573,3 +573,268 @@ def test_kl_weights_with_importance_weighted_objectives_are_refused(
     argv = ["train", *TINY, "--objective", objective, "--num-particles", "2", *extra]
     expect_error([*argv, "--out", str(tmp_path / "r")], capsys, "use --objective elbo")
     assert not (tmp_path / "r").exists()
+
+
+# -- issue 11, items 5 and 6: resuming keeps a run's history honest ------------------------------
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--batch-size", "32"),
+        ("--train-size", "200"),
+        ("--seed", "1"),
+        ("--lr", "0.01"),
+        ("--lr-schedule", "exponential"),
+        ("--clip-norm", "5"),
+        ("--kl-anneal", "2"),
+        ("--dataset", "binarized_mnist"),
+        ("--objective", "iwae --num-particles 2"),
+        ("--num-particles", "2"),
+        ("--hidden", "16"),
+    ],
+)
+def test_resume_refuses_changes_that_break_continuity(run_copy: Path, flag, value, capsys) -> None:
+    """A resumed run must continue the one its folder describes: options that decide what the
+    first epochs did are refused, by flag, and the folder is left exactly as it was."""
+    before = {name: (run_copy / name).read_bytes() for name in ("config.json", "status.json")}
+    argv = ["train", *TINY, flag, *value.split(), "--epochs", "2", "--resume"]
+    line = expect_error([*argv, "--out", str(run_copy)], capsys, "cannot resume")
+    assert flag in line
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+
+
+def test_resume_with_more_epochs_keeps_the_original_config(run_copy: Path, capsys) -> None:
+    """--epochs (and the evaluation's size) may change on resume: config.json keeps what the
+    run started with and records each resume's command and what it changed."""
+    original = json.loads((run_copy / "config.json").read_text())
+    argv = ["train", *TINY, "--epochs", "2", "--eval-samples", "10", "--resume"]
+    code, _, err = run_cli([*argv, "--out", str(run_copy)], capsys)
+    assert code == 0, err
+    config = json.loads((run_copy / "config.json").read_text())
+    resumes = config.pop("resumes")
+    assert config == original
+    assert len(resumes) == 1
+    assert resumes[0]["command"] == "pvae " + " ".join([*argv, "--out", str(run_copy)])
+    assert resumes[0]["changed"] == {"train.epochs": [1, 2], "eval_samples": [20, 10]}
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["eval_samples"] == 10
+    assert status_of(run_copy) == "complete"
+
+
+def test_resume_cannot_undo_trained_epochs(run_copy: Path, capsys) -> None:
+    code, _, err = run_cli(
+        ["train", *TINY, "--epochs", "2", "--resume", "--out", str(run_copy)], capsys
+    )
+    assert code == 0, err
+    argv = ["train", *TINY, "--epochs", "1", "--resume", "--out", str(run_copy)]
+    expect_error(argv, capsys, "--epochs 1")
+
+
+def test_resume_with_a_corrupt_last_checkpoint_changes_nothing(run_copy: Path, capsys) -> None:
+    """The checkpoint is checked before anything is written: a completed run stays completed,
+    and the error says that checkpoint_best.pt is intact and how to use it."""
+    (run_copy / "checkpoints" / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+    before = {name: (run_copy / name).read_bytes() for name in ("config.json", "status.json")}
+    argv = ["train", *TINY, "--epochs", "2", "--resume", "--out", str(run_copy)]
+    line = expect_error(argv, capsys, "checkpoint_last.pt is corrupt")
+    assert "checkpoint_best.pt" in line and "intact" in line
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+    # What the message suggests works: copy the best checkpoint over the last one, resume.
+    checkpoints = run_copy / "checkpoints"
+    shutil.copy(checkpoints / "checkpoint_best.pt", checkpoints / "checkpoint_last.pt")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+
+
+def test_resume_removes_stale_temp_files(run_copy: Path, capsys) -> None:
+    """Temp files a kill left behind (``.NAME.XXXXXXXX.tmp``) are removed when training starts
+    again; other files are not touched."""
+    stale = [
+        run_copy / "checkpoints" / ".checkpoint_last.pt.k2_x9abc.tmp",
+        run_copy / "checkpoints" / ".checkpoint_best.pt.a1b2c3d4.tmp",
+        run_copy / ".status.json.zz99yy88.tmp",
+    ]
+    kept = [run_copy / "checkpoints" / "notes.tmp", run_copy / ".keep"]
+    for path in [*stale, *kept]:
+        path.write_bytes(b"half a file")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    argv = ["train", *TINY, "--epochs", "2", "--resume", "--out", str(run_copy)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert [path for path in stale if path.exists()] == []
+    assert all(path.exists() for path in kept)
+
+
+def test_interrupted_run_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C during training: status ``interrupted`` with where it stopped (not ``failed``),
+    and a plain ``pvae train`` on the folder says to pass --resume."""
+    import pvae.infer.train as train_module
+
+    make_objective = train_module.make_objective
+
+    class Interrupting:
+        """The objective, with Ctrl-C pressed during the third training step."""
+
+        def __init__(self, inner) -> None:
+            self.__dict__.update(inner=inner, training_steps=0)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __setattr__(self, name, value) -> None:
+            setattr(self.inner, name, value)
+
+        def __call__(self, *args, **kwargs):
+            if torch.is_grad_enabled():
+                self.__dict__["training_steps"] += 1
+                if self.training_steps == 3:
+                    raise KeyboardInterrupt
+            return self.inner(*args, **kwargs)
+
+    def interrupting(*args, **kwargs):
+        return Interrupting(make_objective(*args, **kwargs))
+
+    monkeypatch.setattr(train_module, "make_objective", interrupting)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", *TINY, "--checkpoint-every", "1", "--out", str(out)], capsys)
+    assert code == 130, err
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert (status["epoch"], status["step"]) == (1, 3)
+    monkeypatch.undo()
+    expect_error(["train", *TINY, "--out", str(out)], capsys, "pass --resume to continue it")
+    code, _, err = run_cli(["train", *TINY, "--resume", "--out", str(out)], capsys)
+    assert code == 0, err
+
+
+def test_failed_start_does_not_block_the_retry(tmp_path: Path, capsys) -> None:
+    """A run that failed before its first checkpoint holds nothing to continue: the same
+    command, corrected, starts it afresh without --resume."""
+    out = tmp_path / "run"
+    expect_error(["train", *TINY, "--lr", "1e30", "--out", str(out)], capsys, "non-finite")
+    code, _, err = run_cli(["train", *TINY, "--lr", "1e-3", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert status_of(out) == "complete"
+
+
+# -- bad input: one line, exit code 2, the flag named ---------------------------------------------
+def _damage_data_in_place(tmp_path: Path, monkeypatch) -> None:
+    """A copy of mnist.npz, verified once, then overwritten with the same size and time."""
+    from pvae.data.download import fetch
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = Path(shutil.copy2(Path(os.environ["PVAE_DATA_DIR"]) / "mnist.npz", data))
+    fetch("mnist.npz", data)  # verified: the stamp now records its size and time
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[-4096:] = bytes(4096)
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    monkeypatch.setenv("PVAE_DATA_DIR", str(data))
+
+
+def _disk_full(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    import pvae.infer.checkpoint as checkpoint
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    monkeypatch.setattr("pvae.runs.folder.atomic_write_bytes", full)
+
+
+def _empty_training_data(tmp_path: Path, monkeypatch) -> None:
+    import pvae.data
+
+    load_dataset = pvae.data.load_dataset
+
+    def load(name, split, **kwargs):
+        dataset = load_dataset(name, split, **kwargs)
+        return _Empty(dataset) if split == "train" else dataset
+
+    monkeypatch.setattr(pvae.data, "load_dataset", load)
+
+
+class _Empty:
+    """A dataset with no units (what a filter that kept nothing would give)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+
+def _regular_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("not a folder")
+
+
+_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+_MPS = pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+
+
+def _case(case: str, argv: list[str], contains: str, setup=None, marks=()):
+    return pytest.param(argv, contains, setup, id=case, marks=marks)
+
+
+def _device_cases() -> list:
+    """A device this machine lacks, for every command that has --device."""
+    cases = []
+    for command, parser in _subcommands().items():
+        if not any("--device" in action.option_strings for action in parser._actions):
+            continue
+        head = [command, "--out", "{out}"] if command == "train" else [command, "{run}"]
+        for device, marks in (("gpu", ()), ("mps", _MPS), ("cuda", _CUDA)):
+            argv = [*head, "--device", device]
+            cases.append(_case(f"{command}-{device}", argv, f"--device {device}", marks=marks))
+    return cases
+
+
+# argv ({out}: a new run folder, {run}: a trained run, {file}: a regular file), what the one
+# line must say, and what to break first. `pvae train` gets TINY in front of argv.
+BAD_INPUTS = [
+    *_device_cases(),
+    _case("out-is-a-file", ["train", "--out", "{file}"], "--out", _regular_file),
+    _case("out-under-a-file", ["train", "--out", "{file}/run"], "--out", _regular_file),
+    _case("disk-full", ["train", "--out", "{out}"], "No space left on device", _disk_full),
+    _case("lr-overflows", ["train", "--lr", "1e300", "--out", "{out}"], "--lr"),
+    _case("lr-inf", ["train", "--lr", "inf", "--out", "{out}"], "--lr"),
+    _case("damaged-data", ["train", "--out", "{out}"], "mnist.npz", _damage_data_in_place),
+    _case("empty-data", ["train", "--out", "{out}"], "no training data", _empty_training_data),
+    _case(
+        "eval-samples-2.5", ["train", "--eval-samples", "2.5", "--out", "{out}"], "--eval-samples"
+    ),
+    _case("batch-size-0", ["train", "--batch-size", "0", "--out", "{out}"], "--batch-size"),
+    _case("patience-0", ["train", "--patience", "0", "--out", "{out}"], "--patience"),
+    _case("kl-anneal-nan", ["train", "--kl-anneal", "nan", "--out", "{out}"], "--kl-anneal"),
+    _case("kl-anneal-negative", ["train", "--kl-anneal", "-1", "--out", "{out}"], "--kl-anneal"),
+    _case("clip-norm-inf", ["train", "--clip-norm", "inf", "--out", "{out}"], "--clip-norm"),
+]
+
+
+@pytest.mark.parametrize(("argv", "contains", "setup"), BAD_INPUTS)
+def test_bad_inputs_are_one_line_errors(
+    argv, contains, setup, tmp_path: Path, run_copy: Path, monkeypatch, capsys
+) -> None:
+    """Every user error is one line naming what was wrong, exit code 2, no traceback; a failed
+    start leaves no folder behind that would block the corrected command."""
+    if setup is not None:
+        setup(tmp_path, monkeypatch)
+    out = tmp_path / "new-run"
+    places = {"{out}": str(out), "{run}": str(run_copy), "{file}": str(tmp_path / "file")}
+    argv = [_place(arg, places) for arg in argv]
+    if argv[0] == "train":
+        argv[1:1] = TINY
+    expect_error(argv, capsys, contains)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _place(arg: str, places: dict[str, str]) -> str:
+    for key, value in places.items():
+        arg = arg.replace(key, value)
+    return arg

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+#: the temp files of :func:`atomic_write_bytes` (``mkstemp``'s ``.NAME.XXXXXXXX.tmp``)
+TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, older_than: float) -> list[Path]:
+    """Removes the temp files of :func:`atomic_write_bytes` in ``folder`` last modified before
+    ``older_than`` (a ``time.time()``): a kill between ``mkstemp`` and the rename leaves them
+    behind. Files of other names are never touched. Returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not (TEMP_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:  # gone meanwhile
+            pass
+    return removed
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written file at ``path``."""
     import io
@@ -87,7 +114,11 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Writes a checkpoint atomically, then removes the temp files that killed writes left in
+    its folder (those last modified before this write began)."""
+    started = time.time()
     atomic_torch_save({"format": FORMAT, "version": VERSION, **payload}, path)
+    remove_stale_temp_files(Path(path).parent, older_than=started)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -69,19 +69,64 @@ class TrainConfig:
     monitor: str = "valid_bound"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        # Checked here, not deep in the loop: a NaN or a fraction would otherwise reach
+        # config.json (NaN is not JSON) or fail later as a traceback.
+        for name in ("epochs", "batch_size"):
+            _check_integer(name, getattr(self, name))
+        for name in ("early_stopping_patience", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_integer(name, getattr(self, name))
+        _check_integer("seed", self.seed, minimum=None)
+        if not _finite_number(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if len(tuple(self.betas)) != 2 or not all(
+            _finite_number(b) and 0 <= b < 1 for b in self.betas
+        ):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        # Adam's first step moves a parameter by up to lr / (1 - beta1): beyond float32's
+        # range it cannot even be applied (torch raises "value cannot be converted").
+        largest = torch.finfo(torch.float32).max * (1 - self.betas[0])
+        if self.lr > largest:
+            raise ValueError(
+                f"lr must be at most {largest:.3g} (Adam's first step, lr / (1 - beta1), "
+                f"must fit in float32), got {self.lr}"
+            )
+        if not _finite_number(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps must be a positive number, got {self.eps}")
         if self.lr_schedule not in (None, "none", "exponential", "cosine", "burda"):
             raise ValueError(
                 f"lr_schedule must be one of none, exponential, cosine, burda; got {self.lr_schedule!r}"
             )
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        if not _finite_number(self.lr_decay) or not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.clip_norm is not None and not (
+            _finite_number(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm}")
+        if not _finite_number(self.kl_anneal_epochs) or self.kl_anneal_epochs < 0:
+            raise ValueError(
+                f"kl_anneal_epochs must be a number >= 0 (0: no annealing), "
+                f"got {self.kl_anneal_epochs}"
+            )
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(f"monitor must be an epoch record's key, got {self.monitor!r}")
         self.betas = tuple(self.betas)
+
+
+def _finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _check_integer(name: str, value: Any, minimum: int | None = 1) -> None:
+    """``value`` is an integer (not a bool, not 2.5) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def burda_lr_factor(epoch: int) -> float:

@@ -26,6 +26,11 @@ def _cuda_devices(device: torch.device | str) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def whole_batch(data: Any) -> Any:
     """All of ``data`` as one batch, in order (a dynamic binarization is drawn with seed 0)."""
     batches = data.batches(len(data), shuffle=False, generator=torch.Generator().manual_seed(0))
@@ -48,6 +53,7 @@ def evaluate_model(
     caller's random state is restored), so an evaluation is repeatable."""
     from pvae.evaluation import LogLikelihood, log_likelihood
 
+    _check_count("num_samples", num_samples)
     start = time.perf_counter()
     args = to_device(tuple(model.eval_args(whole_batch(data))), device)
     with torch.random.fork_rng(devices=_cuda_devices(device)):
@@ -84,10 +90,11 @@ def evaluate_run(
     setting: evaluations of other sizes or seeds do not overwrite each other); returns what it
     wrote. ``seed`` (default: the run's, so that the test NLL of ``pvae train`` is reproduced
     exactly) seeds the importance samples."""
-    from pvae.data import load_dataset
+    from pvae.runs.train import load_split
 
+    _check_count("num_samples", num_samples)
     model, config = load_run(run_dir, checkpoint, device=device)
-    data = load_dataset(config["dataset"], split, size=size, progress=progress)
+    data = load_split(config["dataset"], split, size=size, progress=progress)
     result = {
         "split": split,
         "checkpoint": checkpoint,
@@ -123,6 +130,7 @@ def sample_run(
     """Draws ``num`` data from a run's prior (no encoder) into a PNG grid; returns its path."""
     from pvae.figures import image_grid
 
+    _check_count("num", num)
     model, _ = load_run(run_dir, checkpoint)
     path = Path(out or Path(run_dir) / f"samples_seed{seed}.png")
     if not path.parent.is_dir():

@@ -41,13 +41,14 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-        for name in ("num_particles", "eval_samples", "num_labels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("eval_size", "train_size"):
+        for name in ("num_particles", "eval_samples", "num_labels", "eval_size", "train_size"):
             value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+            if value is None and name in ("eval_size", "train_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if "input_shape" in self.model_options:
             raise ValueError("the dataset sets the input shape; do not pass input_shape")
 

@@ -10,8 +10,13 @@ benchmark and tutorial that trains a registered model goes through here.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
+import traceback
+import warnings
+import zipfile
+import zlib
 from typing import Any
 
 import torch
@@ -19,10 +24,15 @@ import torch
 from pvae.infer.callbacks import Callback
 from pvae.runs.folder import (
     CHECKPOINTS,
+    check_device,
+    check_not_occupied,
+    check_out_path,
+    check_resume,
     has_checkpoint,
+    load_last_checkpoint,
     load_run,
-    prepare_run_dir,
     set_status,
+    start_run,
     write_json,
 )
 from pvae.runs.spec import TrainSpec
@@ -59,13 +69,59 @@ def build_run_model(spec: TrainSpec, data_options: dict[str, Any]) -> Any:
         return build_model(spec.model, **options)
 
 
+class Position(Callback):
+    """Where training is (1-based epoch and step), for the status of an interrupted run."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, Any] = {"during": "setup"}
+
+    def on_step_start(self, state: Any) -> None:
+        self.where = {"epoch": state.epoch + 1, "step": state.step + 1}
+
+
+def load_split(name: str, split: str, **options: Any) -> Any:
+    """:func:`pvae.data.load_dataset`, with a dataset file damaged after its verification (its
+    size and time kept, so the recorded checksum still stands) reported as a
+    :class:`~pvae.data.download.DataIntegrityError` naming the file, not a zipfile traceback."""
+    from pvae.data import load_dataset
+    from pvae.data.download import DataIntegrityError
+
+    try:
+        return load_dataset(name, split, **options)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        reason = str(error)
+        # np.load leaves the damaged file open in the frames of the traceback: free them here,
+        # quietly, rather than in a ResourceWarning when the traceback is dropped.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            traceback.clear_frames(error.__traceback__)
+            gc.collect()
+    raise DataIntegrityError(
+        f"{_dataset_files(name)} cannot be read ({reason}): the file is damaged; delete it "
+        "to download it again"
+    )
+
+
+def _dataset_files(name: str) -> str:
+    """The paths of dataset ``name``'s files (its name when they cannot be found)."""
+    from pvae.data.download import fetch
+    from pvae.data.registry import DATASETS
+
+    resources = DATASETS[name].resource
+    try:
+        return ", ".join(
+            str(fetch(resource, download=False, progress=False))
+            for resource in (resources if isinstance(resources, tuple) else (resources,))
+        )
+    except Exception:  # only for the message: the file's name is enough
+        return f"a file of dataset {name!r}"
+
+
 def load_splits(spec: TrainSpec) -> tuple[Any, Any, Any]:
     """The run's train, valid and test sets (``train_size`` also shrinks valid)."""
-    from pvae.data import load_dataset
-
-    train = load_dataset(spec.dataset, "train", size=spec.train_size, progress=spec.progress)
-    valid = load_dataset(spec.dataset, "valid", progress=spec.progress)
-    test = load_dataset(spec.dataset, "test", size=spec.eval_size, progress=spec.progress)
+    train = load_split(spec.dataset, "train", size=spec.train_size, progress=spec.progress)
+    valid = load_split(spec.dataset, "valid", progress=spec.progress)
+    test = load_split(spec.dataset, "test", size=spec.eval_size, progress=spec.progress)
     if spec.train_size is not None:
         valid = valid.subset(min(len(valid), max(100, spec.train_size // 5)))
     return train, valid, test
@@ -96,7 +152,11 @@ def _check_objective(spec: TrainSpec) -> None:
 def train_run(spec: TrainSpec) -> dict[str, Any]:
     """Trains, evaluates and reports the run ``spec`` into ``spec.run_dir``; returns its
     metrics (also in ``metrics.json``). With ``spec.resume`` a run continues from its last
-    checkpoint; a run without one starts afresh."""
+    checkpoint; a run without one starts afresh.
+
+    Everything is checked before the folder is written: the device, the folder, the data,
+    and on resume the options against config.json (:func:`pvae.runs.folder.check_resume`)
+    and that ``checkpoint_last.pt`` loads. A failed check leaves the folder as it was."""
     from pvae.infer.train import fit
     from pvae.models.registry import get_model_class
     from pvae.runs.evaluate import evaluate_model
@@ -104,13 +164,18 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
 
     get_model_class(spec.model)  # an unknown name fails before any data is loaded
     device = spec.train.device
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda was requested but CUDA is not available on this machine")
+    check_device(device)
     _check_objective(spec)
+    out = spec.run_dir
+    check_out_path(out)
+    check_not_occupied(out, spec.resume)
     train, valid, test = load_splits(spec)
+    if len(train) == 0:
+        raise ValueError(
+            f"dataset {spec.dataset!r} has no training data (its train split is empty)"
+        )
     data_options = train.model_options()
     model = build_run_model(spec, data_options)
-    out = spec.run_dir
     setup = model.training_setup(train, valid, num_labels=spec.num_labels, seed=spec.train.seed)
     config = {
         "model": spec.model,
@@ -123,13 +188,17 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
         "eval_samples": spec.eval_samples,
         "eval_size": len(test),
         "train_size": len(train),
+        "num_labels": spec.num_labels,
         "command": spec.command,
     }
-    prepare_run_dir(out, spec.resume, config)
+    # Decided on the checkpoint, not on the flag: a run killed before its first
+    # checkpoint, resumed, starts afresh and needs its initialisation.
+    resuming = spec.resume and has_checkpoint(out)
+    if resuming:
+        config = check_resume(out, config, load_last_checkpoint(out))
+    start_run(out, config)
+    position = Position()
     try:
-        # Decided on the checkpoint, not on the flag: a run killed before its first
-        # checkpoint, resumed, starts afresh and needs its initialisation.
-        resuming = spec.resume and has_checkpoint(out)
         if not resuming:
             model.initialize(data_options)
         fit_kwargs: dict[str, Any] = dict(
@@ -138,16 +207,13 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             objective=spec.objective,
             num_particles=spec.num_particles,
         )
-        callbacks = list(setup.pop("callbacks", []))
-        # A model trained with another bound than the one it is evaluated with (the
-        # homoencoder) supplies its training pair.
-        train_model, train_guide = setup.pop("model", model.model), setup.pop("guide", model.guide)
+        callbacks = [*setup.pop("callbacks", []), position]
         fit_kwargs.update(setup)
         if spec.progress:
             callbacks.append(EpochLine())
         result = fit(
-            train_model,
-            train_guide,
+            model.model,
+            model.guide,
             **fit_kwargs,
             config=spec.train,
             checkpoint_dir=out / CHECKPOINTS,
@@ -155,6 +221,7 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             progress=spec.progress,
             callbacks=callbacks,
         )
+        position.where = {"during": "evaluation"}
         model, _ = load_run(out, "best", device=device)
         evaluation = evaluate_model(
             model,
@@ -183,13 +250,25 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             "train_wall_time": result.wall_time,
             "eval_wall_time": evaluation["eval_wall_time"],
         }
+        position.where = {"during": "the report"}
         report_start = time.perf_counter()
         items = model.report_items(test, out, seed=spec.train.seed)
         write_report(out, config, metrics, items)
         metrics["report_wall_time"] = time.perf_counter() - report_start
         write_json(out / "metrics.json", metrics)
         set_status(out, "complete")
+    except KeyboardInterrupt:
+        _record_status(out, "interrupted", **position.where, resume="pass --resume to continue")
+        raise
     except BaseException as error:
-        set_status(out, "failed", error=f"{type(error).__name__}: {error}")
+        _record_status(out, "failed", error=f"{type(error).__name__}: {error}")
         raise
     return metrics
+
+
+def _record_status(out: Any, status: str, **extra: Any) -> None:
+    """Best effort: when the disk is full, the error that stopped the run is the one to report."""
+    try:
+        set_status(out, status, **extra)
+    except OSError:
+        pass
