@@ -208,12 +208,15 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             num_particles=spec.num_particles,
         )
         callbacks = [*setup.pop("callbacks", []), position]
+        # A model trained with another bound than the one it is evaluated with (the
+        # homoencoder) supplies its training pair.
+        train_model, train_guide = setup.pop("model", model.model), setup.pop("guide", model.guide)
         fit_kwargs.update(setup)
         if spec.progress:
             callbacks.append(EpochLine())
         result = fit(
-            model.model,
-            model.guide,
+            train_model,
+            train_guide,
             **fit_kwargs,
             config=spec.train,
             checkpoint_dir=out / CHECKPOINTS,
