@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import torch
 
 from pvae.models.base import Model, ModelConfig, ReportItem, ints, option
-from pvae.models.likelihoods import LIKELIHOODS
+from pvae.models.likelihoods import LIKELIHOODS, check_data_range
 from pvae.nets import ACTIVATIONS
 
 
@@ -71,12 +71,16 @@ class ImageModel(Model):
         self.latent_dim = self.config.latent_dim
 
     def _check_input(self, x: torch.Tensor) -> None:
+        """``ValueError`` for inputs of the wrong shape or outside the likelihood's support
+        ([0, 1] for the Bernoulli likelihoods); one min/max and one host sync per call
+        (:func:`~pvae.models.likelihoods.check_data_range`)."""
         shape = self.input_shape
         if tuple(x.shape[-len(shape) :]) != shape:
             raise ValueError(
                 f"{type(self).__name__} expects inputs of shape (batch, {', '.join(map(str, shape))}); "
                 f"got {tuple(x.shape)}"
             )
+        check_data_range(self.config.likelihood, x, type(self).__name__)
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., *input_shape)`` -> ``(..., pixels)``."""
