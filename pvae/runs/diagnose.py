@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -444,7 +445,7 @@ def summary_text(metrics: dict[str, Any], run_dir: str | os.PathLike | None = No
         lines.append(f"{name:<{widths[0]}}  {value:<{widths[1]}}  {note}".rstrip())
         if i == 0:
             lines.append("  ".join("-" * width for width in widths))
-    lines += ["", SUMMARY_FOOTNOTE]
+    lines += ["", *textwrap.wrap(SUMMARY_FOOTNOTE, 96)]
     lines += skipped_notes(metrics)
     folder = Path(run_dir) if run_dir is not None else Path(".")
     lines.append(
