@@ -2,8 +2,10 @@
 
 Tolerances: an AIS estimate of log p(x_n) from K chains has a delta-method standard error
 ``se_n = sd_k(w_k) / (sqrt(K) mean_k(w_k))`` (``AISResult.chain_stderr``); the mean error over
-N independent data then has standard error ``sqrt(sum_n se_n^2) / N``. Tests allow 4 of those
-(plus a small allowance for the remaining annealing bias, which is negative for forward AIS).
+N independent data then has standard error ``sqrt(sum_n se_n^2) / N``. Tests allow ``Z = 5`` of
+those (plus a small allowance for the remaining bias, which is negative for forward AIS: by
+Jensen ``E[log mean_k w_k] <= log p(x)``, about ``-se_n^2 / 2`` by the delta method). Monte
+Carlo tests are marked ``statistical`` and seeded by the ``seed`` fixture (PVAE_TEST_SEED).
 """
 
 import math
@@ -20,6 +22,8 @@ from pvae.evaluation.ais import (
     bdmc,
     simulate,
 )
+
+Z = 5.0
 
 
 def _mean_stderr(result: AISResult) -> float:
@@ -42,12 +46,13 @@ def test_schedule_rejects_bad_input():
         annealing_schedule(10, "cosine")
 
 
-def test_exact_guide_gives_exact_weights(linear_gaussian):
+def test_exact_guide_gives_exact_weights(linear_gaussian, seed):
     # With q(z|x) = p(z|x) every intermediate density is the posterior and every increment of
-    # the log weight is log p(x, z) - log q(z | x) = log p(x): exact for any T (sign check).
+    # the log weight is log p(x, z) - log q(z | x) = log p(x): exact for any T and any draw
+    # (sign check), so not a statistical test although it draws.
     x = linear_gaussian.data(6)
     result = ais_log_likelihood(
-        linear_gaussian.model, x, num_steps=4, num_chains=3, guide=linear_gaussian.guide, seed=0
+        linear_gaussian.model, x, num_steps=4, num_chains=3, guide=linear_gaussian.guide, seed=seed
     )
     exact = linear_gaussian.log_marginal(x).double()
     assert result.log_weights.shape == (3, 6)
@@ -56,21 +61,40 @@ def test_exact_guide_gives_exact_weights(linear_gaussian):
     torch.testing.assert_close(result.ess, torch.full((6,), 3.0, dtype=torch.float64))
 
 
-def test_ais_from_prior_converges_to_exact(linear_gaussian):
-    x = linear_gaussian.data(8)
+@pytest.mark.statistical
+def test_ais_from_prior_converges_to_exact(linear_gaussian, seed):
+    # One batched model call per gradient: 500 steps on 64 data cost what they cost on 8, and
+    # 5 steps are cheap enough to repeat R = 16 times per datum (the data stacked R times,
+    # each copy with its own chains and step size: independent repeats).
+    n, repeats = 64, 16
+    x = linear_gaussian.data(n)
     exact = linear_gaussian.log_marginal(x).double()
-    few = ais_log_likelihood(linear_gaussian.model, x, num_steps=5, num_chains=16, seed=1)
     many = ais_log_likelihood(
-        linear_gaussian.model, x, num_steps=500, num_chains=16, leapfrog_steps=5, seed=1
+        linear_gaussian.model, x, num_steps=500, num_chains=16, leapfrog_steps=5, seed=seed
     )
-    error_few = float((few.values - exact).mean())
+    # A different stream from the long run's, so that the two are independent.
+    few = ais_log_likelihood(
+        linear_gaussian.model, x.repeat(repeats, 1), num_steps=5, num_chains=16, seed=seed + 1
+    )
+    errors_few = few.values.view(repeats, n) - exact  # (R, N)
+    error_few = float(errors_few.mean())
+    # The delta-method stderr is unreliable for the heavy-tailed 5-step weights (ESS ~3 of
+    # 16): the standard error of the mean error comes from the spread of the R repeats of
+    # each datum instead, sqrt(sum_n var_r(e_rn) / R) / N. Measured over 20 seeds: mean error
+    # -0.69 to -0.87, this standard error 0.045 to 0.055: the bias is 13 to 17 of them wide.
+    se_few = float(errors_few.var(0).sum().div(repeats).sqrt() / n)
     error_many = float((many.values - exact).mean())
-    assert abs(error_many) < 4 * _mean_stderr(many) + 0.02
-    # Forward AIS is a stochastic lower bound: with few steps it is biased downward (the
-    # delta-method stderr is unreliable for such heavy-tailed weights, so only the sign).
-    assert error_few < 0.0
-    assert abs(error_many) < abs(error_few)
-    assert (many.ess > few.ess).float().mean() > 0.5
+    se_many = _mean_stderr(many)
+    # Forward AIS is a stochastic lower bound: above log p(x) by noise only; below it by noise
+    # plus a bias that is about -se_n^2 / 2 per datum by the delta method (~0.01 here at
+    # T = 500, K = 16; measured mean error over seeds -0.006 +- 0.003): allow 0.02.
+    assert -(Z * se_many + 0.02) < error_many < Z * se_many
+    # With 5 steps the bias is many standard errors wide (P(e_rn > t) <= exp(-t) by Markov,
+    # so the upper tail that could hide it is light), and far below the long run's, paired on
+    # the same data.
+    assert error_few < -Z * se_few
+    assert error_few - error_many < -Z * math.hypot(se_few, se_many)
+    assert (many.ess > few.ess.view(repeats, n).mean(0)).float().mean() > 0.5
     assert ((many.ess >= 1.0 - 1e-9) & (many.ess <= 16.0 + 1e-9)).all()
     assert many.acceptance_rate.min() > 0.3  # step sizes adapted toward 0.65
 
@@ -102,6 +126,7 @@ def _lognormal_model(x):
         pyro.sample("x", dist.Normal(z.log(), 0.5).to_event(1), obs=x)
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize(
     "model, marginal",
     [
@@ -118,24 +143,25 @@ def _lognormal_model(x):
     ],
     ids=["two_sites", "lognormal"],
 )
-def test_several_and_constrained_latents(model, marginal):
+def test_several_and_constrained_latents(model, marginal, seed):
     target = marginal()
     x = target.sample((6,))
     exact = target.log_prob(x).double()
-    result = ais_log_likelihood(model, x, num_steps=300, num_chains=16, leapfrog_steps=5, seed=2)
-    assert abs(float((result.values - exact).mean())) < 4 * _mean_stderr(result) + 0.03
+    result = ais_log_likelihood(model, x, num_steps=300, num_chains=16, leapfrog_steps=5, seed=seed)
+    assert abs(float((result.values - exact).mean())) < Z * _mean_stderr(result) + 0.03
 
 
-def test_bdmc_sandwiches_exact_and_gap_shrinks(linear_gaussian):
+@pytest.mark.statistical
+def test_bdmc_sandwiches_exact_and_gap_shrinks(linear_gaussian, seed):
     x_like = linear_gaussian.data(1)
-    short = bdmc(linear_gaussian.model, 8, 10, 8, example_x=x_like, leapfrog_steps=5, seed=3)
-    long = bdmc(linear_gaussian.model, 8, 300, 8, example_x=x_like, leapfrog_steps=5, seed=3)
+    short = bdmc(linear_gaussian.model, 8, 10, 8, example_x=x_like, leapfrog_steps=5, seed=seed)
+    long = bdmc(linear_gaussian.model, 8, 300, 8, example_x=x_like, leapfrog_steps=5, seed=seed)
     for result in (short, long):
         exact = linear_gaussian.log_marginal(result.x).double()
         lower_se = _mean_stderr(result.forward)
         upper_se = _mean_stderr(result.reverse)
-        assert result.lower_mean <= float(exact.mean()) + 4 * lower_se
-        assert result.upper_mean >= float(exact.mean()) - 4 * upper_se
+        assert result.lower_mean <= float(exact.mean()) + Z * lower_se
+        assert result.upper_mean >= float(exact.mean()) - Z * upper_se
     assert short.gap_mean > 1.0
     assert long.gap_mean < 0.5 * short.gap_mean
     assert long.gap_mean < 0.6
@@ -144,13 +170,16 @@ def test_bdmc_sandwiches_exact_and_gap_shrinks(linear_gaussian):
     assert set(long.latents) == {"z"} and long.latents["z"].shape == (8, 2)
 
 
+@pytest.mark.statistical
 def test_simulate_draws_from_the_joint(linear_gaussian):
-    x, latents = simulate(linear_gaussian.model, linear_gaussian.data(1), 4000)
+    n = 4000
+    x, latents = simulate(linear_gaussian.model, linear_gaussian.data(1), n)
     z = latents["z"]
-    # x - W z - b ~ N(0, s^2 I): mean within 4 standard errors, sd within 5%.
+    # x - W z - b ~ N(0, s^2 I): each coordinate's mean within 5 standard errors s / sqrt(n)
+    # of 0, its sd within 5 standard errors of s (the relative se of a normal sd: 1/sqrt(2n)).
     residual = x - z @ linear_gaussian.W.T - linear_gaussian.b
-    assert residual.mean(0).abs().max() < 4 * linear_gaussian.s / math.sqrt(4000)
-    assert (residual.std(0) / linear_gaussian.s - 1).abs().max() < 0.05
+    assert residual.mean(0).abs().max() < Z * linear_gaussian.s / math.sqrt(n)
+    assert (residual.std(0) / linear_gaussian.s - 1).abs().max() < Z / math.sqrt(2 * n)
 
 
 def test_rejects_discrete_latents_and_missing_plate():
@@ -171,15 +200,15 @@ def test_rejects_discrete_latents_and_missing_plate():
         ais_log_likelihood(discrete, torch.zeros(3), num_steps=2, num_chains=0)
 
 
-def test_runs_on_a_pvae_vae():
+def test_runs_on_a_pvae_vae(seed):
     from pvae.models import VAE
 
     with pyro.settings.context(module_local_params=True):
         vae = VAE(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))
         x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5))
-        prior = ais_log_likelihood(vae.model, x, num_steps=20, num_chains=4, seed=0)
+        prior = ais_log_likelihood(vae.model, x, num_steps=20, num_chains=4, seed=seed)
         guided = ais_log_likelihood(
-            vae.model, x, num_steps=20, num_chains=4, guide=vae.guide, seed=0
+            vae.model, x, num_steps=20, num_chains=4, guide=vae.guide, seed=seed
         )
     for result in (prior, guided):
         assert result.values.shape == (3,) and torch.isfinite(result.values).all()
@@ -187,11 +216,14 @@ def test_runs_on_a_pvae_vae():
 
 
 @pytest.mark.slow
-def test_long_runs_are_tight(linear_gaussian):
+@pytest.mark.statistical
+def test_long_runs_are_tight(linear_gaussian, seed):
     # The slow version of the convergence tests: T = 3000, K = 32.
     x = linear_gaussian.data(16)
     exact = linear_gaussian.log_marginal(x).double()
-    result = ais_log_likelihood(linear_gaussian.model, x, num_steps=3000, num_chains=32, seed=4)
-    assert abs(float((result.values - exact).mean())) < 4 * _mean_stderr(result) + 0.005
-    sandwich = bdmc(linear_gaussian.model, 16, 3000, 16, example_x=x[:1], leapfrog_steps=5, seed=4)
+    result = ais_log_likelihood(linear_gaussian.model, x, num_steps=3000, num_chains=32, seed=seed)
+    assert abs(float((result.values - exact).mean())) < Z * _mean_stderr(result) + 0.005
+    sandwich = bdmc(
+        linear_gaussian.model, 16, 3000, 16, example_x=x[:1], leapfrog_steps=5, seed=seed
+    )
     assert abs(sandwich.gap_mean) < 0.1

@@ -14,6 +14,8 @@ from pvae.evaluation.collapse import (
     posterior_means,
 )
 
+Z = 5.0
+
 
 class KnownGuide:
     """Guide means use only units 0 and 2 (unit 1 barely, unit 3 never):
@@ -41,6 +43,7 @@ class KnownGuide:
             pyro.sample("z", self._dist(self.loc(x), scale).to_event(1))
 
 
+@pytest.mark.statistical
 def test_active_units_finds_the_used_units():
     x = torch.randn(2000, 2)
     guide = KnownGuide()
@@ -49,8 +52,8 @@ def test_active_units_finds_the_used_units():
     assert result.active.tolist() == [True, False, True, False]
     # Var of N(0, 1) samples has standard error sqrt(2 / N) (Var of N(0, 4): 4 sqrt(2 / N)).
     se = math.sqrt(2 / 2000)
-    assert abs(float(result.variances[0]) - 1.0) < 4 * se
-    assert abs(float(result.variances[2]) - 4.0) < 4 * 4 * se
+    assert abs(float(result.variances[0]) - 1.0) < Z * se
+    assert abs(float(result.variances[2]) - 4.0) < Z * 4 * se
     assert float(result.variances[3]) == 0.0
     # A plain function x -> means gives the same answer.
     from_fn = active_units(guide.loc, x, batch_size=300)
@@ -69,6 +72,7 @@ def test_kl_per_dimension_analytic_matches_closed_form():
     assert kl[3] == 0.0  # q = p on the unused unit
 
 
+@pytest.mark.statistical
 def test_kl_per_dimension_monte_carlo_fallback():
     # KL(Laplace(m, b) || Laplace(0, 1)) = -log b + |m| + b exp(-|m| / b) - 1.
     x = torch.randn(20, 2)
@@ -78,7 +82,7 @@ def test_kl_per_dimension_monte_carlo_fallback():
     b = torch.tensor([0.5, 1.0, 0.1, 1.0])
     expected = (-b.log() + loc.abs() + b * torch.exp(-loc.abs() / b) - 1.0).mean(0)
     # Each unit's estimate averages S N = 40000 log-ratios with sd < 2: standard error < 0.01.
-    torch.testing.assert_close(kl, expected, atol=0.04, rtol=0)
+    torch.testing.assert_close(kl, expected, atol=Z * 0.01, rtol=0)
 
 
 def test_kl_per_dimension_rejects_non_factorized_sites(linear_gaussian):
@@ -97,6 +101,7 @@ def _mixture_guide(locs, scale):
     return guide
 
 
+@pytest.mark.statistical
 def test_mutual_information_limits():
     n = 64
     x = torch.zeros(n, 1)
@@ -116,11 +121,12 @@ def test_mutual_information_limits():
     assert values[0] < values[1] < values[2]
 
 
-def test_mutual_information_chunks_agree(linear_gaussian):
+@pytest.mark.statistical
+def test_mutual_information_chunks_agree(linear_gaussian, seed):
     x = linear_gaussian.data(40)
-    pyro.set_rng_seed(3)
+    pyro.set_rng_seed(seed)
     a = mutual_information(linear_gaussian.guide, x, num_samples=4)
-    pyro.set_rng_seed(3)
+    pyro.set_rng_seed(seed)
     b = mutual_information(linear_gaussian.guide, x, num_samples=4, max_elements=100)
     assert a == pytest.approx(b, abs=1e-5)
     assert 0.0 <= a <= math.log(40)

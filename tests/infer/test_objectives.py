@@ -15,6 +15,7 @@ from pvae.evaluation import log_importance_weights, log_likelihood
 from pvae.infer.objectives import ELBO, IWAE, PyroObjective, make_objective
 
 D, P, S = 2, 4, 0.7
+Z = 5.0  # Monte Carlo tolerances in standard errors; those tests are marked statistical
 
 
 class LinearGaussian:
@@ -66,6 +67,7 @@ def test_exact_posterior_guide_gives_exact_log_likelihood(lg):
         torch.testing.assert_close(value.bound, lg.log_marginal(x).sum(), rtol=0, atol=1e-8)
 
 
+@pytest.mark.statistical
 def test_importance_estimate_converges_with_standard_error(lg):
     x = lg.data(5)
     exact = lg.log_marginal(x)
@@ -76,14 +78,17 @@ def test_importance_estimate_converges_with_standard_error(lg):
     w = (log_w - exact).exp()
     rel_se = w.std(0) / math.sqrt(w.shape[0])
     estimate = log_likelihood(lg.model, lg.guide, x, num_samples=20000, sample_batch_size=3000)
-    assert torch.all((estimate - exact).abs() < 5 * rel_se + 1e-6)
-    # A stochastic lower bound in expectation: K=1 (the ELBO) is below log p(x) on average.
-    assert log_w.mean(0).lt(exact).all()
+    assert torch.all((estimate - exact).abs() < Z * rel_se + 1e-6)
+    # A stochastic lower bound in expectation: K=1 (the ELBO) is below log p(x) on average,
+    # by more than Z standard errors of the mean log weight.
+    log_w_se = log_w.std(0) / math.sqrt(log_w.shape[0])
+    assert (log_w.mean(0) + Z * log_w_se).lt(exact).all()
 
 
+@pytest.mark.statistical
 def test_bounds_are_ordered_in_k(lg):
     # E[L_1] <= E[L_5] <= E[L_50] <= log p(x) (Burda et al. Theorem 1); compare means over
-    # repeated draws with 4 standard errors of slack.
+    # repeated draws with Z standard errors of slack.
     x = lg.data(50)
     exact = lg.log_marginal(x).sum()
     means = []
@@ -91,18 +96,19 @@ def test_bounds_are_ordered_in_k(lg):
         draws = torch.stack([IWAE(k)(lg.model, lg.guide, x).bound for _ in range(200)])
         means.append((draws.mean(), draws.std() / math.sqrt(len(draws))))
     (m1, s1), (m5, s5), (m50, s50) = means
-    assert m1 < m5 + 4 * math.hypot(s1, s5)
-    assert m5 < m50 + 4 * math.hypot(s5, s50)
-    assert m50 < exact + 4 * s50
-    assert m1 < m50  # the gap here is many standard errors wide
+    assert m1 < m5 + Z * math.hypot(s1, s5)
+    assert m5 < m50 + Z * math.hypot(s5, s50)
+    assert m50 < exact + Z * s50
+    assert m1 + Z * math.hypot(s1, s50) < m50  # the gap here is many standard errors wide
 
 
+@pytest.mark.statistical
 def test_analytic_kl_matches_monte_carlo_elbo(lg):
     x = lg.data(30)
     analytic = torch.stack([ELBO()(lg.model, lg.guide, x).bound for _ in range(400)])
     mc = torch.stack([ELBO(analytic_kl=False)(lg.model, lg.guide, x).bound for _ in range(400)])
     se = math.hypot(analytic.std(), mc.std()) / math.sqrt(400)
-    assert abs(analytic.mean() - mc.mean()) < 4 * se
+    assert abs(analytic.mean() - mc.mean()) < Z * se
 
 
 def _guide_grads(objective, lg, x, repeats):
@@ -115,6 +121,7 @@ def _guide_grads(objective, lg, x, repeats):
     return torch.stack(grads)
 
 
+@pytest.mark.statistical
 def test_dreg_is_unbiased_and_less_noisy_than_iwae(lg):
     # Both estimate the gradient of the same IWAE bound: equal means within standard errors;
     # DReG's variance is lower (Tucker et al. 2018).
@@ -122,7 +129,7 @@ def test_dreg_is_unbiased_and_less_noisy_than_iwae(lg):
     standard = _guide_grads(IWAE(10), lg, x, 600)
     dreg = _guide_grads(IWAE(10, "dreg"), lg, x, 600)
     se = (standard.var(0) / 600 + dreg.var(0) / 600).sqrt()
-    assert torch.all((standard.mean(0) - dreg.mean(0)).abs() < 4.5 * se + 1e-9)
+    assert torch.all((standard.mean(0) - dreg.mean(0)).abs() < Z * se + 1e-9)
     assert dreg.var(0).sum() < standard.var(0).sum()
 
 

@@ -120,12 +120,13 @@ def vectors_and_model(tmp_path, monkeypatch):
     del _REGISTRY["toy_fa"], _SMOKE["toy_fa"]
 
 
-def test_a_new_model_and_modality_run_through_the_runner(vectors_and_model, tmp_path):
+@pytest.mark.statistical
+def test_a_new_model_and_modality_run_through_the_runner(vectors_and_model, tmp_path, seed):
     spec = TrainSpec(
         model="toy_fa",
         dataset="toy_vectors",
         model_options=smoke_config("toy_fa"),
-        train=TrainConfig(epochs=100, batch_size=64, lr=2e-2, seed=0),
+        train=TrainConfig(epochs=100, batch_size=64, lr=2e-2, seed=seed),
         eval_samples=50,
         out=tmp_path / "run",
         progress=False,

@@ -249,7 +249,8 @@ def test_m2_batch_args_split_labelled_and_unlabelled(batch):
         model.batch_args((x, mixed))
 
 
-def test_m2_classifier_beats_chance_after_short_training(mnist):
+@pytest.mark.statistical
+def test_m2_classifier_beats_chance_after_short_training(mnist, seed):
     """60 labelled images (6 a class) and 200 unlabelled ones, a few seconds of training; the held-out
     accuracy of 200 images must beat chance (10%) by far more than its standard error
     (sqrt(0.1 * 0.9 / 200) = 2.1%)."""
@@ -259,15 +260,16 @@ def test_m2_classifier_beats_chance_after_short_training(mnist):
 
     images, labels = mnist
     train = ImageDataset(images[:300], labels[:300], binarize=None)
-    data = SemiSupervisedData(train, num_labelled=60, labelled_repeats=4, seed=0)
-    torch.manual_seed(0)
+    data = SemiSupervisedData(train, num_labelled=60, labelled_repeats=4, seed=seed)
+    torch.manual_seed(seed)
     model = build_model("m2", **{**SMALL, "latent_dim": 4, "hidden": [64]}, alpha=20.0)
-    fit_semisupervised(model, data, epochs=6, batch_size=60, lr=3e-3, progress=False)
+    fit_semisupervised(model, data, epochs=6, batch_size=60, lr=3e-3, seed=seed, progress=False)
     accuracy = (model.classify(images[300:500]) == labels[300:500]).float().mean()
     assert accuracy > 0.3, float(accuracy)
 
 
-def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist):
+@pytest.mark.statistical
+def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist, seed):
     """With a labelled valid set, every epoch records the enumerated bound on log p(x) of the
     valid images and q(y | x)'s accuracy on them, and the best epoch is the most accurate."""
     from pvae.data.images import ImageDataset
@@ -276,11 +278,13 @@ def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist):
     images, labels = mnist
     train = ImageDataset(images[:200], labels[:200], binarize=None)
     valid = ImageDataset(images[200:300], labels[200:300], binarize=None)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model("m2", **{**SMALL, "latent_dim": 4, "hidden": [32]}, alpha=20.0)
-    setup = model.training_setup(train, valid=valid, num_labels=30, seed=0)
+    setup = model.training_setup(train, valid=valid, num_labels=30, seed=seed)
     assert setup["monitor"] == "valid_accuracy"
-    result = fit(model.model, model.guide, **setup, epochs=3, batch_size=50, progress=False)
+    result = fit(
+        model.model, model.guide, **setup, epochs=3, batch_size=50, seed=seed, progress=False
+    )
     accuracies = [h["valid_accuracy"] for h in result.history]
     assert all(0.0 <= a <= 1.0 for a in accuracies)
     assert result.best_valid == max(accuracies)
@@ -307,8 +311,9 @@ def test_m2_training_setup_validates_and_selects_by_valid_accuracy(mnist):
 END_TO_END = [c for c in CASES if not (c.name == "m2" and c.args is _labelled)]
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("case", END_TO_END, ids=[c.name for c in END_TO_END])
-def test_short_training_beats_the_independent_pixel_model(case, mnist):
+def test_short_training_beats_the_independent_pixel_model(case, mnist, seed):
     """Each variant trained for 15 epochs on 300 images (a few seconds) must model 100 held-out
     images better than the independent-Bernoulli-pixel model fitted to the same 300 images
     (about 202 nats): by more than 10 nats per image on average, and by more than 5 standard
@@ -320,13 +325,21 @@ def test_short_training_beats_the_independent_pixel_model(case, mnist):
     images, labels = mnist
     train = ImageDataset(images[:300], labels[:300], binarize=None)
     x_test, y_test = images[400:500], labels[400:500]
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(seed)
     options = {**SMALL, "latent_dim": 8, "hidden": [128], **case.options}
     model = build_model(case.name, **options)
     model.initialize_output_bias(train.images.mean(0))
-    fit_kwargs = {"train_data": train, **model.training_setup(train, num_labels=50, seed=0)}
-    fit(model.model, model.guide, **fit_kwargs, epochs=15, batch_size=50, lr=3e-3, progress=False)
+    fit_kwargs = {"train_data": train, **model.training_setup(train, num_labels=50, seed=seed)}
+    fit(
+        model.model,
+        model.guide,
+        **fit_kwargs,
+        epochs=15,
+        batch_size=50,
+        lr=3e-3,
+        seed=seed,
+        progress=False,
+    )
     args = model.eval_args((x_test, y_test))
     nll = -log_likelihood(model.model, model.guide, *args, num_samples=50)
     p = train.images.mean(0).clamp(1e-3, 1 - 1e-3)
