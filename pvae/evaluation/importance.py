@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pvae.infer.trace import per_datum_log_weights, probe_max_plate_nesting, trace_model_guide
+from pvae.infer.trace import (
+    per_datum_log_weights,
+    probe_max_plate_nesting,
+    trace_model_guide,
+    warn_on_new_params,
+)
 
 
 def _starts_and_sizes(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -42,8 +47,24 @@ def log_importance_weights(
     """``log p(x_n, z_kn) - log q(z_kn | x_n)`` for ``k < num_samples``, shape ``(K, N)``.
 
     ``x`` is one batch of data (all of it is passed to the model at once); extra positional
-    ``args`` (labels, for conditional models) are passed after ``x``.
+    ``args`` (labels, for conditional models) are passed after ``x``. Warns when the tracing
+    creates ``pyro.param`` values (a plain-function model outside its trained store: pass
+    ``fit``'s ``result.model`` and ``result.guide``).
     """
+    with warn_on_new_params("log_importance_weights"):
+        return _log_importance_weights(
+            model, guide, x, num_samples, *args, sample_batch_size=sample_batch_size
+        )
+
+
+def _log_importance_weights(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    *args,
+    sample_batch_size: int = 500,
+) -> torch.Tensor:
     nesting = probe_max_plate_nesting(model, guide, (x[:1], *(a[:1] for a in args)))
     parts = []
     for _, size in _starts_and_sizes(num_samples, sample_batch_size):
@@ -114,6 +135,11 @@ def log_likelihood(
     K = 5000 fits in memory. Extra positional ``args`` (labels) are sliced alongside ``x``.
 
     Summarise with :class:`LogLikelihood` (``LogLikelihood(values, K).mean``, ``.stderr``).
+
+    A model or guide written as plain functions (``pyro.param``) must run with its trained
+    parameters: pass ``fit``'s ``result.model`` and ``result.guide``. If the evaluation creates
+    parameters in the current store (the functions themselves, outside ``result.params()``), a
+    ``UserWarning`` names them and they are removed again.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -122,6 +148,23 @@ def log_likelihood(
     for a in args:
         if a.shape[0] != x.shape[0]:
             raise ValueError("extra arguments must have the same number of data as x")
+    with warn_on_new_params("log_likelihood"):
+        return _log_likelihood(
+            model,
+            guide,
+            x,
+            args,
+            num_samples,
+            batch_size,
+            sample_batch_size,
+            max_elements,
+            progress,
+        )
+
+
+def _log_likelihood(
+    model, guide, x, args, num_samples, batch_size, sample_batch_size, max_elements, progress
+) -> torch.Tensor:
     datum_size = max(1, x[0].numel())
     results = []
     bar = tqdm(total=x.shape[0], desc="log p(x)", unit="datum", disable=not progress)
@@ -131,7 +174,7 @@ def log_likelihood(
         chunk = sample_batch_size or max(1, min(num_samples, max_elements // (size * datum_size)))
         running = None
         for _, k in _starts_and_sizes(num_samples, chunk):
-            log_w = log_importance_weights(model, guide, xb, k, *extra, sample_batch_size=k)
+            log_w = _log_importance_weights(model, guide, xb, k, *extra, sample_batch_size=k)
             part = torch.logsumexp(log_w, dim=0)
             running = part if running is None else torch.logaddexp(running, part)
         results.append(running - math.log(num_samples))

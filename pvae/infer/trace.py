@@ -10,6 +10,7 @@ The only contract a user's model must honour is Pyro's own: data sit in a plate 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -191,6 +192,39 @@ def check_site_match(model_trace: Trace, guide_trace: Trace, *, pyro_elbo: Any =
 
 def _names(names) -> str:
     return "[" + ", ".join(repr(n) for n in names) + "]"
+
+
+@contextmanager
+def warn_on_new_params(what: str) -> Iterator[None]:
+    """Warns (``UserWarning``, naming them) when the block creates ``pyro.param`` values in the
+    current parameter store, and removes them again.
+
+    An evaluator creating a parameter means a plain-function model or guide ran outside the
+    store it was trained in (``fit``'s private one): its ``pyro.param`` calls made fresh,
+    untrained values and the numbers describe an untrained model. Tensors that modules own
+    (``PyroModule`` or ``pyro.module`` parameters, registered as themselves) are not fresh and
+    are left alone.
+    """
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    yield
+    created = [
+        name
+        for name in store.keys()
+        if name not in before and not isinstance(store._params[name], torch.nn.Parameter)
+    ]
+    if not created:
+        return
+    for name in created:
+        del store[name]
+    warnings.warn(
+        f"{what} created the parameters {_names(created)} in Pyro's parameter store: the model "
+        "or guide calls pyro.param outside the store it was trained in, so it ran with fresh, "
+        "untrained values (removed again). Evaluate fit's result.model and result.guide, which "
+        "run with the run's parameters, or call it inside `with result.params():`",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def guess_max_plate_nesting(*traces: Trace) -> int:

@@ -9,6 +9,7 @@ every ``checkpoint_every`` steps) from which a killed run resumes bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -151,9 +152,31 @@ def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     return lambda epoch: 1.0
 
 
+class BoundToParams:
+    """``fn`` (a model or guide) that always runs with the ``pyro.param`` values of
+    ``param_state``, inside ``pyro.get_param_store().scope(param_state)``: what
+    ``FitResult.model`` and ``FitResult.guide`` are. Passed to :func:`fit` again, training
+    continues those parameters."""
+
+    def __init__(self, fn: Callable, param_state: StateDict) -> None:
+        self.fn = fn
+        self.param_state = param_state
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with pyro.get_param_store().scope(self.param_state):
+            return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"BoundToParams({self.fn!r})"
+
+
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the per-epoch history and where the best epoch is."""
+    """What :func:`fit` returns: the per-epoch history and where the best epoch is, the run's
+    ``pyro.param`` values (``param_state``), and the trained ``model`` and ``guide`` bound to
+    them (:class:`BoundToParams`: evaluate these, not the functions passed to ``fit``, whose
+    ``pyro.param`` calls outside the run's store would create fresh, untrained values)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
@@ -161,12 +184,34 @@ class FitResult:
     stopped_early: bool = False
     param_state: StateDict | None = None
     wall_time: float = 0.0
+    model: Callable | None = field(default=None, repr=False)
+    guide: Callable | None = field(default=None, repr=False)
 
     @contextmanager
     def params(self) -> Iterator[None]:
         """Makes the run's ``pyro.param`` values current (for plain-function models)."""
         with pyro.get_param_store().scope(self.param_state):
             yield
+
+
+def _unbind(
+    model: Callable, guide: Callable, param_state: StateDict | None
+) -> tuple[Callable, Callable, StateDict | None]:
+    """The functions under :class:`BoundToParams` wrappers and the one store they share."""
+    states = [fn.param_state for fn in (model, guide) if isinstance(fn, BoundToParams)]
+    if param_state is not None:
+        states.append(param_state)
+    if any(state is not states[0] for state in states[1:]):
+        raise ValueError(
+            "model, guide and param_state come from different parameter stores (different fit "
+            "runs); pass result.model and result.guide of one run (or param_state=result."
+            "param_state with the plain functions)"
+        )
+
+    def unwrap(fn: Callable) -> Callable:
+        return fn.fn if isinstance(fn, BoundToParams) else fn
+
+    return unwrap(model), unwrap(guide), (states[0] if states else None)
 
 
 def _owner_modules(*fns: Callable) -> list[torch.nn.Module]:
@@ -254,7 +299,9 @@ def fit(
         model, guide: Pyro callables taking ``*batch_args(batch)``; data in ``pyro.plate("data")``.
             Methods of a ``PyroModule`` (``vae.model``, ``vae.guide``) train its parameters;
             plain functions train the ``pyro.param`` values they create, kept in
-            ``param_state`` (a fresh, private store by default: see ``FitResult.params``).
+            ``param_state`` (a fresh, private store by default). Evaluate the returned
+            ``result.model`` and ``result.guide``, which run inside that store (or call the
+            functions inside ``with result.params():``).
         train_data: a pvae dataset (with ``.batches``), a tensor of data, or a re-iterable of
             batches (a ``DataLoader``), with a length: its number of independent units.
         valid_data: the same kinds; evaluated after every epoch: ``valid_elbo`` and the
@@ -268,6 +315,12 @@ def fit(
         resume: continue from ``checkpoint_dir/checkpoint_last.pt`` if it exists.
         batch_args: maps a batch to the model's positional arguments (default: ``(x,)``; for a
             model object with a ``batch_args`` method, that method).
+        param_state: the ``pyro.param`` store to train in place (``FitResult.param_state``).
+            Continued training of a plain-function model needs it: a second
+            ``fit(model, guide, ...)`` continues a module's weights but restarts every
+            ``pyro.param`` from its initial value; ``fit(model, guide, ...,
+            param_state=result.param_state)`` or ``fit(result.model, result.guide, ...)``
+            continues them (the optimizer's state restarts).
         callbacks: :class:`~pvae.infer.callbacks.Callback` instances, called in order
             (see :mod:`pvae.infer.callbacks` for the hooks and when they run).
         on_epoch_end: called with each epoch's record after its checkpoint is written: the
@@ -291,6 +344,7 @@ def fit(
     ``pyro.set_rng_seed``) for its own stream and restores the caller's states (``random``,
     numpy, torch, CUDA) when it returns or raises.
     """
+    model, guide, param_state = _unbind(model, guide, param_state)
     config = config or TrainConfig()
     if config_overrides:
         config = TrainConfig(**{**asdict(config), **config_overrides})
@@ -338,6 +392,8 @@ def fit(
         )
         with pyro.get_param_store().scope(result.param_state):
             training.run(resume)
+    result.model = BoundToParams(model, result.param_state)
+    result.guide = BoundToParams(guide, result.param_state)
     return result
 
 
