@@ -8,7 +8,8 @@ and the collapse metrics (active units, KL per unit, mutual information), then w
 ``out_dir``:
 
 - ``diagnostics.json``: the metrics;
-- ``diagnostics.nc``: an ArviZ ``InferenceData`` (guide samples, log weights, k-hat, ESS);
+- ``diagnostics.nc``: an ArviZ ``InferenceData`` (guide samples, log-likelihood, log weights;
+  k-hat per datum: ``pvae.diagnostics.importance_loo``);
 - ``diagnostics_*.png``: the figures of :mod:`pvae.figures`.
 
 :func:`summary_rows` picks the numbers a reader looks at first (the ladder, the k-hat shares,
@@ -109,7 +110,7 @@ def diagnose_model(
         diagnostics that did not apply, with the reason.
     """
     from pvae import figures as plots
-    from pvae.diagnostics import to_inference_data
+    from pvae.diagnostics import ImportanceDiagnostics, to_inference_data
     from pvae.evaluation.ais import bdmc
     from pvae.evaluation.collapse import (
         active_units,
@@ -148,10 +149,8 @@ def diagnose_model(
 
     # Importance diagnostics and their InferenceData (one set of guide samples for both).
     idata = to_inference_data(model.model, model.guide, *args, num_samples=int(num_samples))
-    stats = idata.sample_stats
-    log_w = torch.as_tensor(stats["log_weight"].values[0])
-    khat = torch.as_tensor(stats["khat"].values)
-    ess = torch.as_tensor(stats["ess"].values)
+    importance = ImportanceDiagnostics.from_inference_data(idata)
+    log_w, khat, ess = importance.log_weights, importance.khat, importance.ess
     finite_khat = khat[torch.isfinite(khat)]
     metrics["importance"] = {
         "khat_max": float(khat.max()),
