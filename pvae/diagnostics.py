@@ -194,6 +194,37 @@ class _GuideDraws:
     observed: dict[str, torch.Tensor]  # observed site -> (N, *event)
 
 
+def _particle_datum_first(
+    site: dict[str, Any], k: int, n: int, num_dims: int, data_dim: int
+) -> torch.Tensor:
+    """A latent's value ``(K, ..., N, ..., *event)`` as ``(K, N, *inner, *event)``: the
+    particle and data dims first, then the sizes of inner plates (the elements of a set),
+    singleton plate dims dropped."""
+    value = site["value"]
+    event_dim = site["fn"].event_dim
+    batch = value.shape[: value.dim() - event_dim]
+    if len(batch) > num_dims:
+        raise ValueError(
+            f"guide site {site['name']!r} has batch shape {tuple(batch)}, more dims than its "
+            "plates; declare extra batch dims as event dims with .to_event()"
+        )
+    value = value.reshape((1,) * (num_dims - len(batch)) + tuple(value.shape))
+    data_axis = num_dims + data_dim
+    inner = [d for d in range(1, num_dims) if d != data_axis]
+    events = list(range(num_dims, value.dim()))
+    value = value.permute(0, data_axis, *inner, *events)
+    sizes = [value.shape[2 + i] for i in range(len(inner))]
+    value = value.reshape(
+        value.shape[0], value.shape[1], *(s for s in sizes if s != 1), *value.shape[num_dims:]
+    )
+    if value.shape[1] != n or value.shape[0] not in (1, k):
+        raise ValueError(
+            f"guide site {site['name']!r} has batch shape {tuple(batch)}; expected "
+            f"(particles, {n}) with the data plate"
+        )
+    return value.expand(k, *value.shape[1:])
+
+
 @torch.no_grad()
 def _guide_draws(
     model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int, sample_batch_size
@@ -221,19 +252,10 @@ def _guide_draws(
             model, guide, (x, *args), num_particles=k, max_plate_nesting=nesting
         )
         weights.append(per_datum_log_weights(model_trace, guide_trace, max_plate_nesting=nesting))
-        for site in latent_sites(guide_trace):
-            value = site["value"]
-            event_dim = site["fn"].event_dim
-            # (K, ..., N, *event) -> (K, N, *event): drop singleton plate dims.
-            batch = value.shape[: value.dim() - event_dim]
-            value = value.reshape(k, -1, *value.shape[value.dim() - event_dim :])
-            if value.shape[1] != n:
-                raise ValueError(
-                    f"guide site {site['name']!r} has batch shape {tuple(batch)}; expected "
-                    f"(particles, {n}) with the data plate"
-                )
-            latents.setdefault(site["name"], []).append(value)
         data_dim = data_frame(model_trace).dim
+        for site in latent_sites(guide_trace):
+            value = _particle_datum_first(site, k, n, nesting + 1, data_dim)
+            latents.setdefault(site["name"], []).append(value)
         for site in scored_sites(model_trace):
             if not site["is_observed"]:
                 continue

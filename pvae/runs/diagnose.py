@@ -112,12 +112,6 @@ def diagnose_model(
     from pvae import figures as plots
     from pvae.diagnostics import ImportanceDiagnostics, to_inference_data
     from pvae.evaluation.ais import bdmc
-    from pvae.evaluation.collapse import (
-        active_units,
-        kl_per_dimension,
-        mutual_information,
-        posterior_means,
-    )
     from pvae.evaluation.importance import mean_and_stderr
     from pvae.evaluation.ladder import bound_ladder
 
@@ -224,7 +218,56 @@ def diagnose_model(
                 "gap_stderr": mean_and_stderr(result.gap)["stderr"],
             }
 
-    # Posterior collapse.
+    # Posterior collapse: metrics of one latent with the data plate as its only batch dim
+    # (the first latent site); a model whose first latent has other plates (a set's context
+    # in the data plate at dim -2) skips them, saying so.
+    collapse_obstacle = _collapse_obstacle(model, args)
+    if collapse_obstacle is not None:
+        for name in ("active_units", "kl_per_dimension", "mutual_information", "latent_plots"):
+            skip(name, collapse_obstacle)
+    else:
+        _collapse_metrics(model, args, labels, metrics, figure, skip, plots)
+
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["files"] = ["diagnostics.json", "diagnostics.nc", *(name for _, name in figures)]
+    metrics = _clean(metrics)
+    write_json(out / "diagnostics.json", metrics)
+    return metrics, figures
+
+
+def _collapse_obstacle(model: Any, args: tuple) -> str | None:
+    """Why the collapse metrics do not apply, or ``None``: they need the guide's first latent
+    site to have the data plate as its only batch dim."""
+    import pyro.poutine as poutine
+
+    from pvae.infer.trace import latent_sites
+
+    with torch.no_grad():
+        trace = poutine.trace(model.guide).get_trace(*_slice(args, 2))
+    sites = latent_sites(trace)
+    if not sites:
+        return "the guide has no latent site"
+    batch = tuple(sites[0]["fn"].batch_shape)
+    if len(batch) != 1:
+        return (
+            f"they need a latent whose only batch dim is the data plate; "
+            f"{sites[0]['name']!r} has batch shape {batch} for 2 data"
+        )
+    return None
+
+
+def _collapse_metrics(model, args, labels, metrics, figure, skip, plots) -> None:
+    """Active units, KL per unit, mutual information and the latent figures, into
+    ``metrics``."""
+    from pvae.evaluation.collapse import (
+        active_units,
+        kl_per_dimension,
+        mutual_information,
+        posterior_means,
+    )
+
+    x = args[0]
+    n = x.shape[0]
     units = active_units(model, *args)
     metrics["active_units"] = {
         "count": units.count,
@@ -274,12 +317,6 @@ def diagnose_model(
                 "diagnostics_interpolations.png",
                 lambda p: plots.plot_interpolations(model, x[:pairs], x[pairs : 2 * pairs], p),
             )
-
-    metrics["seconds"] = time.perf_counter() - start
-    metrics["files"] = ["diagnostics.json", "diagnostics.nc", *(name for _, name in figures)]
-    metrics = _clean(metrics)
-    write_json(out / "diagnostics.json", metrics)
-    return metrics, figures
 
 
 def _ais_obstacle(model: Any, args: tuple) -> str | None:
