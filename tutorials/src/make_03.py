@@ -266,21 +266,22 @@ display(Image(figures.plot_khat(diag.khat, os.path.join(out, "khat.png"), "over-
     (
         "md",
         """\
-The guide's samples, their log weights, k-hat and ESS fit in an ArviZ `InferenceData`
-(dims `chain=1, draw=S, datum, z_dim_0`), so ArviZ's tools apply: `az.summary`,
-`az.plot_posterior`, `az.plot_khat`, and `idata.to_netcdf` to save it.""",
+The guide's samples, the pointwise log-likelihood and the importance log weights fit in an
+ArviZ `InferenceData` in ArviZ's layout (dims `chain, draw, datum, z_dim_0`), so ArviZ's tools
+apply: `az.summary`, `az.plot_posterior`, `az.plot_khat` of `importance_loo(idata)` (the PSIS
+k-hat of the importance weights), and `idata.to_netcdf` to save it.""",
     ),
     (
         "code",
         """\
 import arviz as az
 
-from pvae.diagnostics import to_inference_data
+from pvae.diagnostics import importance_loo, to_inference_data
 
 idata = to_inference_data(vae.model, vae.guide, x_test, num_samples=NUM_SAMPLES)
 print(idata)
 display(az.summary(idata, var_names=["z"], coords={"datum": [0]}, kind="stats"))
-az.plot_khat(idata.sample_stats["khat"].values, show_hlines=True)
+az.plot_khat(importance_loo(idata), show_hlines=True)
 plt.show()""",
     ),
     (
