@@ -60,6 +60,18 @@ _DIAGNOSE_SIZES = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to a flag's help once: not when the help already states its
+    default, and not for a default that says nothing (an off switch, an unset option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = action.default is None or action.default is False or action.default == []
+        if "default" in text or silent or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pvae",
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a registered model on a dataset; evaluate its test log-likelihood by "
         "importance sampling; write config.json, checkpoints/, metrics.json, PNG figures and "
         "report.md into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     train.add_argument(
         "--model",
@@ -199,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate",
         help="importance-sampled test log-likelihood of a trained run",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     evaluate.add_argument("run_dir", help="a run folder written by `pvae train`")
     evaluate.add_argument(
@@ -227,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser(
         "sample",
         help="draw images from a trained model's prior (no encoder)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     sample.add_argument("run_dir", help="a run folder written by `pvae train`")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of samples")
@@ -242,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose = sub.add_parser(
         "diagnose",
         help="posterior diagnostics of a trained run: bound ladder, AIS/BDMC, k-hat, collapse",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     diagnose.add_argument("run_dir", help="a run folder written by `pvae train`")
     diagnose.add_argument(

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -838,3 +839,15 @@ def _place(arg: str, places: dict[str, str]) -> str:
     for key, value in places.items():
         arg = arg.replace(key, value)
     return arg
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "diagnose"])
+def test_help_states_each_default_once(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    if command in ("train", "diagnose", "sample"):
+        assert "(default: 0)" in text  # --seed: a zero default is still stated
+    for block in re.split(r" (?=--[a-z-]+ )", text):
+        assert block.count("default") <= 1 + block.count("defaults"), block
