@@ -34,7 +34,7 @@ by `pyro.module` and one extra parameter created by `pyro.param`. Then it
    `PyroModule`.
 
 With `PVAE_SMOKE=1` in the environment (as the test suite runs it) everything is shrunk to run in
-seconds; without it, the notebook takes a few minutes on a CPU.
+seconds; without it, the notebook takes about a quarter of an hour on a two-core CPU.
 
 **References**
 
