@@ -29,6 +29,7 @@ _EXPORTS = {
     "ImageDataset": "pvae.data.images",
     "ImageLoader": "pvae.data.images",
     "image_spec": "pvae.data.images",
+    "IndexedDataset": "pvae.data.indexed",
     "SetDataset": "pvae.data.sets",
     "Episode": "pvae.data.sets",
     "SemiSupervisedData": "pvae.data.semisupervised",

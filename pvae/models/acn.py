@@ -1,0 +1,407 @@
+"""The associative compression network (ACN) [1]: a VAE whose prior is conditioned on a
+neighbour's code.
+
+A VAE pays for every datum's code against one unconditional prior. ACN instead remembers the
+code of every training datum and encodes ``x_n`` *relative to one of its neighbours*: the
+prior of ``z_n`` is a learned network ``p(z | z')`` fed with the code ``z'`` of one of the K
+nearest neighbours of ``x_n``'s code in the training set. Codes of similar data cluster, so the
+conditional prior can be sharp where the unconditional one cannot, and the KL (the cost of
+the code) drops. Generative story, for each datum n::
+
+    z'_n = c_m,   m ~ Uniform(KNN_K(c_n))      (training: a random one of the K nearest codes)
+    z'_n = c_m,   m = NN_1(c_n)                (evaluation: the nearest training code)
+    z_n  ~ p(z | z'_n) = sum_j pi_j(z'_n) Normal(mu_j(z'_n), diag sigma_j(z'_n)^2)   site "z"
+    x_n  ~ p(x | f_theta(z_n))                                                        site "x"
+
+with ``c_n = mu_phi(x_n)`` the guide's mean code and ``KNN_K`` the K nearest codes of the
+**code memory** ``{c_m}``, one per training datum, excluding the datum itself.
+Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the VAE.
+
+- The **memory** is a buffer of the model (``memory``, ``(N, D)``), so checkpoints hold it and
+  a resumed run continues exactly. The guide writes the codes of a training batch's data into
+  it as it encodes them (batches ``(x, y, index)`` of an :class:`~pvae.data.indexed.
+  IndexedDataset`, which :meth:`ACN.training_setup` supplies); a callback re-encodes the whole
+  training set, without gradients, before every epoch (at the end of the previous one, so
+  that the checkpoints and the evaluation see codes of the final encoder).
+- The **neighbour search** (:func:`nearest_neighbours`) is exact, in torch, in chunks of the
+  memory: never an ``N x N`` matrix.
+- The **prior network** (:class:`ConditionalPrior`) is an MLP from ``z'`` to a mixture of
+  diagonal Gaussians (``components``; one component is a Gaussian, whose KL is analytic; the
+  mixture's is estimated by Monte Carlo, which pvae's ELBO does by itself).
+- **Sampling** draws the first code ``z'`` from the unconditional ``Normal(0, I)``, then
+  ``z ~ p(z | z')``, and decodes. (The paper's "daydream" chains, which re-encode each sample
+  and condition the next on its code, are a later step.)
+- A model without a memory (fresh, never trained) uses ``Normal(0, I)`` as its prior.
+
+Inputs, shapes (MNIST: ``x`` ``(B, 1, 28, 28)``): ``model(x, index=None)`` and
+``guide(x, index=None)``; ``index`` (int64 ``(B,)``) are the data's positions in the training
+set, given in training only. ``z``: ``(B, latent_dim)``.
+
+.. note:: The decoder is the MLP decoder of pvae's other image models. The paper's
+   73.9 nats on binarized MNIST used an autoregressive (PixelCNN) decoder, which is not built
+   yet; with an MLP decoder ACN is a VAE with a better-matched prior, not that model.
+
+References:
+    [1] Graves, Menick, van den Oord. Associative Compression Networks for Representation
+        Learning. 2018. arXiv:1804.02476
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pvae.infer.callbacks import Callback, TrainState
+from pvae.models.base import ints, option
+from pvae.models.image import ImageConfig, StandardNormalPrior
+from pvae.models.likelihoods import Likelihood
+from pvae.models.registry import register_model
+from pvae.nets import GaussianMLP, mlp, numel
+
+__all__ = ["ACN", "ACNConfig", "ConditionalPrior", "MemoryRefresh", "nearest_neighbours"]
+
+
+# -- the neighbour search -----------------------------------------------------------------------
+def nearest_neighbours(
+    queries: torch.Tensor,
+    memory: torch.Tensor,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest rows of ``memory`` to each query (Euclidean), exactly, in chunks.
+
+    :param queries: ``(Q, D)``.
+    :param memory: ``(N, D)``.
+    :param k: neighbours per query, ``1 <= k <= N`` (``N - 1`` with ``exclude``).
+    :param exclude: int64 ``(Q,)``: a row of ``memory`` that query ``q`` may not return (the
+        query's own datum). Excluded by position, so a duplicate of the datum's code in
+        another row is still a neighbour, and the datum itself never is.
+    :param chunk_size: queries and memory rows compared at once: at most
+        ``chunk_size x chunk_size`` distances exist at a time.
+    :return: squared distances ``(Q, k)``, ascending, and the rows' indices ``(Q, k)``.
+    """
+    num_memory = memory.shape[0]
+    available = num_memory - (exclude is not None)
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"need 1 <= k <= {available} neighbours in a memory of {num_memory}, got {k}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    distances, indices = [], []
+    memory_norms = memory.pow(2).sum(-1)
+    for q_start in range(0, queries.shape[0], chunk_size):
+        query = queries[q_start : q_start + chunk_size]
+        query_norms = query.pow(2).sum(-1, keepdim=True)
+        best = query.new_full((query.shape[0], 0), float("inf"))
+        best_index = torch.zeros(query.shape[0], 0, dtype=torch.int64, device=query.device)
+        for m_start in range(0, num_memory, chunk_size):
+            rows = memory[m_start : m_start + chunk_size]
+            chunk = query_norms - 2 * query @ rows.T + memory_norms[m_start : m_start + chunk_size]
+            chunk = chunk.clamp_min(0)
+            if exclude is not None:
+                # Set the excluded entry to +inf where it falls in this chunk; a scatter rather
+                # than boolean indexing keeps the search free of host synchronisation.
+                column = exclude[q_start : q_start + chunk_size] - m_start
+                inside = (column >= 0) & (column < rows.shape[0])
+                column = column.clamp(0, rows.shape[0] - 1).unsqueeze(-1)
+                kept = chunk.gather(-1, column)
+                chunk = chunk.scatter(
+                    -1, column, torch.where(inside.unsqueeze(-1), float("inf"), kept)
+                )
+            candidates = torch.cat([best, chunk], dim=-1)
+            candidate_index = torch.cat(
+                [
+                    best_index,
+                    torch.arange(m_start, m_start + rows.shape[0], device=query.device).expand(
+                        query.shape[0], -1
+                    ),
+                ],
+                dim=-1,
+            )
+            best, position = candidates.topk(min(k, candidates.shape[-1]), largest=False)
+            best_index = candidate_index.gather(-1, position)
+        distances.append(best)
+        indices.append(best_index)
+    return torch.cat(distances), torch.cat(indices)
+
+
+# -- the prior network ------------------------------------------------------------------------
+class ConditionalPrior(nn.Module):
+    """``p(z | z')``: an MLP from the neighbour's code ``z'`` ``(..., D)`` to a mixture of
+    ``components`` diagonal Gaussians over ``z`` (batch shape ``(...)``, event ``(D,)``);
+    with one component, a diagonal Gaussian (whose KL to a Gaussian guide is analytic)."""
+
+    def __init__(
+        self, latent_dim: int, hidden: Iterable[int], components: int, activation: str
+    ) -> None:
+        super().__init__()
+        self.latent_dim, self.components = latent_dim, components
+        self.net = mlp([latent_dim, *hidden, components * (1 + 2 * latent_dim)], activation)
+
+    def parameters_of(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixture logits ``(..., M)``, locations and scales ``(..., M, D)``."""
+        m, d = self.components, self.latent_dim
+        logits, loc, raw_scale = self.net(code).split([m, m * d, m * d], dim=-1)
+        shape = (*code.shape[:-1], m, d)
+        return logits, loc.reshape(shape), F.softplus(raw_scale.reshape(shape)) + 1e-4
+
+    def forward(self, code: torch.Tensor) -> dist.TorchDistribution:
+        logits, loc, scale = self.parameters_of(code)
+        if self.components == 1:
+            return dist.Normal(loc.squeeze(-2), scale.squeeze(-2)).to_event(1)
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1)
+        )
+
+    def sample(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One ``z ~ p(z | z')`` per row of ``code`` ``(n, D)``, from ``generator``."""
+        logits, loc, scale = self.parameters_of(code)
+        component = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+        pick = component.unsqueeze(-1).expand(-1, 1, self.latent_dim)
+        loc, scale = loc.gather(-2, pick).squeeze(-2), scale.gather(-2, pick).squeeze(-2)
+        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        return loc + scale * eps
+
+
+# -- the model --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ACNConfig(ImageConfig):
+    """Options of :class:`ACN`."""
+
+    neighbours: int = option(
+        5, "K: training conditions on a random one of the K nearest codes", convert=int
+    )
+    components: int = option(
+        3, "Gaussian components of the prior p(z | z') (1: a Gaussian)", convert=int
+    )
+    prior_hidden: tuple[int, ...] = option(
+        (400,), "hidden layer sizes of the prior network", convert=ints
+    )
+    search_chunk: int = option(
+        4096, "queries and memory rows compared at once by the neighbour search", convert=int
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("neighbours", "components", "search_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if any(h < 1 for h in self.prior_hidden):
+            raise ValueError(f"prior_hidden sizes must be positive, got {list(self.prior_hidden)}")
+
+
+@register_model(
+    "acn",
+    smoke={"latent_dim": 2, "hidden": [16], "prior_hidden": [16], "neighbours": 3, "components": 2},
+)
+class ACN(StandardNormalPrior):
+    """The associative compression network [1] with an MLP encoder and decoder (see the module
+    docstring for the story, the memory and what is not built yet).
+
+    Options (:class:`ACNConfig`): those of every image model (``input_shape``, ``latent_dim``
+    D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``), ``neighbours``
+    K, ``components`` of the prior mixture, ``prior_hidden`` and ``search_chunk``.
+
+    Buffers: ``memory`` ``(N, D)`` (empty until :meth:`training_setup`), ``memory_labels``
+    ``(N,)`` (the training labels, ``-1`` where none) and ``memory_epoch`` (the epoch whose
+    start the memory was last refreshed for).
+    """
+
+    Config = ACNConfig
+    config: ACNConfig
+
+    def __init__(self, config: ACNConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        config = self.config
+        pixels, hidden = numel(self.input_shape), list(config.hidden)
+        self.encoder = GaussianMLP(pixels, hidden, self.latent_dim, config.activation)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
+        self.conditional_prior = ConditionalPrior(
+            self.latent_dim, config.prior_hidden, config.components, config.activation
+        )
+        self.likelihood = Likelihood(config.likelihood, self.input_shape)
+        self.register_buffer("memory", torch.zeros(0, self.latent_dim))
+        self.register_buffer("memory_labels", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("memory_epoch", torch.tensor(-1))
+
+    # -- Pyro model and guide -------------------------------------------------------------
+    def model(self, x: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """p(x, z | z') = p(z | z') p(x | z), ``z'`` a neighbour's code from the memory."""
+        self._check_input(x)
+        neighbour = self.neighbour_code(x, index)
+        prior = self.prior() if neighbour is None else self.conditional_prior(neighbour)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", prior)
+            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+
+    def guide(self, x: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """q(z | x) = Normal(mu(x), diag sigma(x)^2); in training (``index`` given) the means
+        are written into the memory at ``index``."""
+        self._check_input(x)
+        loc, scale = self.encode(x)
+        if index is not None:
+            self.remember(index, loc)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # -- the memory -----------------------------------------------------------------------
+    @torch.no_grad()
+    def neighbour_code(
+        self, x: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``z'`` ``(B, D)``: with ``index`` (training) the code of a random one of the K
+        nearest memory entries other than the datum's own; without, the nearest entry's code.
+        ``None`` while the memory is empty (a model never set up for training)."""
+        if self.memory.shape[0] == 0:
+            if index is not None:
+                raise ValueError(
+                    "ACN's memory is empty: call training_setup(train) before training"
+                )
+            return None
+        code = self.encode_mean(x)
+        if index is None:
+            _, nearest = nearest_neighbours(
+                code, self.memory, 1, chunk_size=self.config.search_chunk
+            )
+            return self.memory[nearest[:, 0]]
+        k = self.config.neighbours
+        _, nearest = nearest_neighbours(
+            code, self.memory, k, exclude=index, chunk_size=self.config.search_chunk
+        )
+        pick = torch.randint(k, (x.shape[0], 1), device=nearest.device)
+        return self.memory[nearest.gather(-1, pick).squeeze(-1)]
+
+    @torch.no_grad()
+    def remember(self, index: torch.Tensor, code: torch.Tensor) -> None:
+        """Writes ``code`` ``(B, D)`` into the memory at rows ``index`` ``(B,)``, in place."""
+        self.memory[index] = code.detach().to(self.memory.dtype)
+
+    @torch.no_grad()
+    def refresh_memory(
+        self, data: Any, generator: torch.Generator | None = None, batch_size: int = 1000
+    ) -> None:
+        """Re-encodes every datum of ``data`` (the training set, in its order) into the
+        memory, ``batch_size`` at a time, without gradients; ``generator`` draws the dynamic
+        binarization of the pass."""
+        device = self.memory.device
+        start = 0
+        for batch in data.batches(batch_size, shuffle=False, generator=generator):
+            x = batch[0].to(device)
+            self.memory[start : start + x.shape[0]] = self.encode_mean(x).to(self.memory.dtype)
+            start += x.shape[0]
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        # The memory's size is the training set's, unknown when the model is built from its
+        # config: take the saved size, so that load_state_dict restores it.
+        for name in ("memory", "memory_labels"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                current = getattr(self, name)
+                setattr(self, name, current.new_zeros(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # -- networks -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(self._flat(x))
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
+
+    # -- the protocol ---------------------------------------------------------------------
+    def batch_args(self, batch: Any) -> tuple:
+        """``(x, index)`` from a training batch ``(x, y, index)``; ``(x,)`` from ``(x, y)``."""
+        if isinstance(batch, (tuple, list)):
+            return (batch[0], batch[2]) if len(batch) == 3 else (batch[0],)
+        return (batch,)
+
+    def eval_args(self, batch: Any) -> tuple:
+        """``(x,)``: evaluation conditions on the nearest training code."""
+        return (batch[0],) if isinstance(batch, (tuple, list)) else (batch,)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean images E[x | z], ``z ~ p(z | z')``, ``z' ~ Normal(0, I)``: ``(n, *input_shape)``."""
+        first = self.prior_sample(num_samples, generator)
+        z = self.conditional_prior.sample(first, generator)
+        return self.likelihood.mean(self.decode_logits(z))
+
+    def training_setup(self, train: Any, valid: Any = None, **options: Any) -> dict[str, Any]:
+        """A memory of ``len(train)`` codes; the training data as ``(x, y, index)`` batches
+        (:class:`~pvae.data.indexed.IndexedDataset`) and the :class:`MemoryRefresh` callback."""
+        from pvae.data.indexed import IndexedDataset
+
+        if len(train) <= self.config.neighbours:
+            raise ValueError(
+                f"ACN needs more training data than neighbours ({self.config.neighbours}), "
+                f"got {len(train)}"
+            )
+        indexed = IndexedDataset(train)
+        self.memory = self.memory.new_zeros(len(train), self.latent_dim)
+        self.memory_labels = indexed.labels.to(self.memory_labels.device).clone()
+        self.memory_epoch.fill_(-1)
+        refresh = MemoryRefresh(self, indexed.dataset, seed=int(options.get("seed") or 0))
+        return {"train_data": indexed, "callbacks": [refresh]}
+
+    @torch.no_grad()
+    def metrics(self, test: Any) -> dict[str, float]:
+        """``test_knn_accuracy``: the majority label of each test code's K nearest training
+        codes (labelled ones), against the test labels; ``{}`` without labels or memory."""
+        labels = self.memory_labels
+        if self.memory.shape[0] == 0 or not bool((labels >= 0).any()):
+            return {}
+        device = self.memory.device
+        num_classes = int(labels.max()) + 1
+        k = min(self.config.neighbours, self.memory.shape[0])
+        generator = torch.Generator().manual_seed(0)
+        correct = total = 0
+        for x, y in test.batches(1000, shuffle=False, generator=generator):
+            x, y = x.to(device), y.to(device)
+            _, nearest = nearest_neighbours(
+                self.encode_mean(x), self.memory, k, chunk_size=self.config.search_chunk
+            )
+            votes = labels[nearest]
+            counts = F.one_hot(votes.clamp_min(0), num_classes) * (votes >= 0).unsqueeze(-1)
+            predicted = counts.sum(-2).argmax(-1)
+            keep = y >= 0
+            correct += int((predicted == y)[keep].sum())
+            total += int(keep.sum())
+        return {"test_knn_accuracy": correct / total} if total else {}
+
+
+class MemoryRefresh(Callback):
+    """Re-encodes the training set into ``model.memory`` so that every epoch starts with codes
+    of the current encoder: at the end of each epoch (before its checkpoints, so that they and
+    the evaluation hold fresh codes) and at the start of an epoch whose memory is not fresh
+    (the first one). ``model.memory_epoch`` records the epoch the memory is fresh for; it is in
+    the checkpoints, so a run resumed mid-epoch keeps the memory it had, and continues exactly.
+
+    The pass draws its dynamic binarization from a generator seeded with ``(seed, epoch)``, not
+    from the data stream's, which it leaves untouched."""
+
+    def __init__(self, model: ACN, data: Any, seed: int = 0) -> None:
+        self.model, self.data, self.seed = model, data, seed
+
+    def refresh(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.model.refresh_memory(self.data, generator)
+        self.model.memory_epoch.fill_(epoch)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if int(self.model.memory_epoch) != state.epoch:
+            self.refresh(state.epoch)
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, float]) -> None:
+        self.refresh(state.epoch + 1)

@@ -1,0 +1,186 @@
+"""The associative compression network's own parts: the chunked neighbour search, the prior
+network's mixture density, the code memory and the indexed view of the training data. Building,
+training, checkpoints, sampling, evaluation and diagnostics are the registry suite's
+(``tests/models/test_suite.py -k acn``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pvae.data.images import ImageDataset
+from pvae.data.indexed import IndexedDataset
+from pvae.infer.callbacks import TrainState
+from pvae.models.acn import ACN, ConditionalPrior, nearest_neighbours
+
+
+def _brute_force(queries, memory, k, exclude=None):
+    distances = (queries[:, None, :] - memory[None, :, :]).pow(2).sum(-1)
+    if exclude is not None:
+        distances[torch.arange(len(queries)), exclude] = math.inf
+    return distances.topk(k, largest=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("excluding", [False, True])
+def test_chunked_search_matches_brute_force(dtype, chunk_size, excluding):
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(300, 4, generator=generator, dtype=dtype)
+    queries = torch.randn(50, 4, generator=generator, dtype=dtype)
+    exclude = torch.randint(300, (50,), generator=generator) if excluding else None
+    if excluding:  # the queries are the memory rows they exclude, as in training
+        queries = memory[exclude] + 1e-3 * queries
+    distances, indices = nearest_neighbours(
+        queries, memory, 5, exclude=exclude, chunk_size=chunk_size
+    )
+    expected_distances, expected_indices = _brute_force(queries, memory, 5, exclude)
+    assert torch.equal(indices, expected_indices)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(distances, expected_distances, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64, 1000])
+def test_a_datum_is_never_its_own_neighbour_even_with_duplicates(chunk_size):
+    codes = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+    memory = torch.cat([codes, codes, codes[:10]])  # every code at least twice
+    index = torch.arange(len(memory))
+    distances, nearest = nearest_neighbours(memory, memory, 2, exclude=index, chunk_size=chunk_size)
+    assert not (nearest == index[:, None]).any()
+    # The nearest is a duplicate (another datum with the same code), at distance zero.
+    assert torch.equal(memory[nearest[:, 0]], memory)
+    assert torch.all(distances[:, 0] <= 1e-5)
+
+
+def test_search_rejects_too_many_neighbours():
+    memory = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="k <= 3"):
+        nearest_neighbours(memory, memory, 4, exclude=torch.arange(4))
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_prior_density_integrates_to_one_on_a_grid(components):
+    """Midpoint rule over a box holding the mixture's mass to ~1e-12: its error for a
+    Gaussian of scale s is at most h^2 / (24 s^2) per dimension (f'' = (u^2 - 1) f / s^2)."""
+    torch.manual_seed(0)
+    prior = ConditionalPrior(2, [8], components, "relu").double()
+    code = torch.randn(2, dtype=torch.float64)
+    _, loc, scale = prior.parameters_of(code)
+    low = (loc - 8 * scale).min().item()
+    high = (loc + 8 * scale).max().item()
+    steps = 800
+    h = (high - low) / steps
+    axis = low + h * (torch.arange(steps, dtype=torch.float64) + 0.5)
+    grid = torch.cartesian_prod(axis, axis)
+    density = prior(code).log_prob(grid).exp()
+    integral = density.sum() * h**2
+    tolerance = 2 * h**2 / (24 * scale.min().item() ** 2) + 1e-9
+    assert abs(integral.item() - 1.0) < tolerance
+
+
+def test_prior_samples_follow_the_mixture_moments():
+    torch.manual_seed(0)
+    prior = ConditionalPrior(2, [8], 3, "relu")
+    code = torch.randn(1, 2).expand(20_000, 2)
+    samples = prior.sample(code, torch.Generator().manual_seed(0))
+    mixture = prior(code[:1])
+    standard_error = mixture.variance.sqrt() / math.sqrt(len(samples))
+    assert torch.all((samples.mean(0) - mixture.mean[0]).abs() < 5 * standard_error[0])
+
+
+def _tiny_data(n=20, binarize=None, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 4, 4, generator=generator)
+    labels = torch.randint(3, (n,), generator=generator)
+    return ImageDataset(images, labels, binarize=binarize, name="tiny")
+
+
+def _tiny_acn():
+    torch.manual_seed(0)
+    return ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], neighbours=3)
+
+
+def test_memory_is_updated_in_place_for_a_batch_and_refreshed_by_the_callback():
+    data = _tiny_data()
+    model = _tiny_acn()
+    setup = model.training_setup(data, seed=0)
+    assert isinstance(setup["train_data"], IndexedDataset)
+    assert model.memory.shape == (20, 2) and torch.equal(model.memory_labels, data.labels)
+    memory = model.memory
+    x, _, index = next(setup["train_data"].batches(6, generator=torch.Generator().manual_seed(0)))
+    model.guide(*model.batch_args((x, _, index)))
+    assert model.memory is memory  # the same buffer, written in place
+    expected = torch.zeros(20, 2)
+    expected[index] = model.encode_mean(x).detach()
+    assert torch.equal(model.memory, expected)
+
+    (refresh,) = setup["callbacks"]
+    state = TrainState(model, setup["train_data"], 0, torch.device("cpu"), objective=None)
+    refresh.on_epoch_start(state)
+    with torch.no_grad():
+        assert torch.equal(model.memory, model.encode_mean(data.images))
+    assert int(model.memory_epoch) == 0
+    # A memory fresh for this epoch (a run resumed mid-epoch) is kept as it is.
+    model.memory[0] = 7.0
+    refresh.on_epoch_start(state)
+    assert torch.all(model.memory[0] == 7.0)
+    refresh.on_epoch_end(state, {})
+    assert int(model.memory_epoch) == 1 and not torch.all(model.memory[0] == 7.0)
+
+
+def test_training_conditions_on_another_datums_code():
+    data = _tiny_data()
+    model = _tiny_acn()
+    model.training_setup(data, seed=0)
+    with torch.no_grad():
+        model.memory.copy_(torch.arange(20.0)[:, None].expand(20, 2))  # distinct codes
+    x = data.images[:5]
+    index = torch.arange(5)
+    own = model.memory[index]
+    for _ in range(20):
+        neighbour = model.neighbour_code(x, index)
+        assert not (neighbour == own).all(-1).any()
+
+
+def test_memory_is_in_the_state_dict_and_loads_into_a_fresh_model():
+    data = _tiny_data()
+    model = _tiny_acn()
+    model.training_setup(data, seed=0)
+    with torch.no_grad():
+        model.memory.normal_()
+    state = model.state_dict()
+    assert {"memory", "memory_labels", "memory_epoch"} <= set(state)
+    clone = _tiny_acn()
+    assert clone.memory.shape == (0, 2)
+    clone.load_state_dict(state)
+    assert torch.equal(clone.memory, model.memory)
+    assert torch.equal(clone.memory_labels, model.memory_labels)
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (1, 3)])
+def test_indexed_view_yields_the_wrapped_datasets_batches(shard):
+    data = _tiny_data(23, binarize="dynamic")
+    indexed = IndexedDataset(data)
+    plain = data.batches(5, generator=torch.Generator().manual_seed(3), shard=shard)
+    with_index = indexed.batches(5, generator=torch.Generator().manual_seed(3), shard=shard)
+    for (x, y), (xi, yi, index) in zip(plain, with_index, strict=True):
+        assert torch.equal(x, xi) and torch.equal(y, yi)
+        assert torch.equal(data.labels[index], y)
+        assert torch.all((x == 0) | (x == 1))
+        # The index points at the grey levels the binarized pixels were drawn from.
+        assert torch.all((data.images[index] > 0) | (x == 0))
+    assert len(indexed) == 23 and indexed.model_options()["input_shape"] == (1, 4, 4)
+
+
+def test_metrics_report_the_knn_accuracy_of_test_codes():
+    data = _tiny_data(30)
+    model = _tiny_acn()
+    model.training_setup(data, seed=0)
+    model.refresh_memory(data)
+    accuracy = model.metrics(data)["test_knn_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    unlabelled = _tiny_acn()
+    unlabelled.training_setup(data.without_labels(), seed=0)
+    assert unlabelled.metrics(data) == {}
