@@ -33,6 +33,12 @@ Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the 
   and condition the next on its code, are a later step.)
 - A model without a memory (fresh, never trained) uses ``Normal(0, I)`` as its prior.
 
+.. note:: Evaluation (``eval_args``: no indices) bounds ``log p(x | c_m(x))``, the nearest
+   training code found with ``x`` itself: not the log-density of a normalised model of ``x``.
+   Subtract ``log N`` (the cost of naming one of the N training codes) for a bound on
+   ``log p(x)`` of ACN as the uniform mixture ``(1/N) sum_m p(x | c_m)`` over its memory.
+   Evaluated on training data, the nearest code is the datum's own.
+
 Inputs, shapes (MNIST: ``x`` ``(B, 1, 28, 28)``): ``model(x, index=None)`` and
 ``guide(x, index=None)``; ``index`` (int64 ``(B,)``) are the data's positions in the training
 set, given in training only. ``z``: ``(B, latent_dim)``.

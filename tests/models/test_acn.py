@@ -184,3 +184,43 @@ def test_metrics_report_the_knn_accuracy_of_test_codes():
     unlabelled = _tiny_acn()
     unlabelled.training_setup(data.without_labels(), seed=0)
     assert unlabelled.metrics(data) == {}
+
+
+def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
+    """A run interrupted after a mid-epoch checkpoint and resumed (memory, not refreshed
+    again) ends where the uninterrupted run ends: parameters and memory, bit for bit."""
+    from pvae.infer.callbacks import Callback
+    from pvae.infer.train import fit
+
+    class Interrupt(Callback):
+        def on_step_start(self, state):
+            if state.epoch == 1 and state.step == 2:
+                raise KeyboardInterrupt
+
+    data = _tiny_data(40, binarize="dynamic")
+
+    def run(directory, seed=0, resume=False, extra=()):
+        torch.manual_seed(seed)
+        model = ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], neighbours=3)
+        setup = model.training_setup(data, seed=0)
+        fit(
+            model.model,
+            model.guide,
+            train_data=setup["train_data"],
+            callbacks=[*setup["callbacks"], *extra],
+            epochs=2,
+            batch_size=8,
+            seed=3,
+            progress=False,
+            checkpoint_dir=directory,
+            checkpoint_every=1,
+            resume=resume,
+        )
+        return model
+
+    full = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part", extra=[Interrupt()])
+    resumed = run(tmp_path / "part", seed=99, resume=True)
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
