@@ -15,6 +15,7 @@ ORDER = [
     "svae_sweep_30_epochs",
     "m2_accuracy",
     "few_shot",
+    "acn",
     "diagnostics",
 ]
 
