@@ -31,7 +31,8 @@ VAE on MNIST and then
 6. runs it all at once with `pvae.runs.diagnose_model` (what `pvae diagnose RUN_DIR` does).
 
 With `PVAE_SMOKE=1` (as the test suite runs it) every size shrinks so the notebook runs in
-seconds; the numbers are then meaningless. Without it, it takes a few minutes on a CPU.
+seconds; the numbers are then meaningless. Without it, it takes about twenty minutes on a
+two-core CPU.
 
 **References**
 
