@@ -38,6 +38,7 @@ from pvae.data.registry import (
     register_dataset,
     shard_generator,
     shard_positions,
+    subset_index,
 )
 
 __all__ = [
@@ -185,18 +186,7 @@ class ImageDataset(torch.utils.data.Dataset):
     ) -> ImageDataset:
         """A dataset of the first ``n`` images (or ``n`` drawn without replacement using
         ``seed``), or of the given indices."""
-        if isinstance(n_or_indices, int):
-            if not 0 < n_or_indices <= len(self):
-                raise ValueError(f"subset size must be in 1..{len(self)}, got {n_or_indices}")
-            if seed is None:
-                index = torch.arange(n_or_indices)
-            else:
-                generator = torch.Generator().manual_seed(seed)
-                index = torch.randperm(len(self), generator=generator)[:n_or_indices]
-        else:
-            index = torch.as_tensor(n_or_indices, dtype=torch.int64)
-            if index.dim() != 1:
-                raise ValueError("subset indices must be one-dimensional")
+        index = subset_index(n_or_indices, len(self), seed)
         index = index.to(self.images.device)
         return ImageDataset(
             self.images[index].clone(),

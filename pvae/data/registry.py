@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -46,6 +46,7 @@ __all__ = [
     "load_dataset",
     "register_dataset",
     "shard_generator",
+    "subset_index",
     "shard_positions",
 ]
 
@@ -103,6 +104,24 @@ class Dataset(Protocol):
     def subset(self, n: int, *, seed: int | None = None) -> Dataset: ...
 
     def to(self, device: torch.device | str) -> Dataset: ...
+
+
+def subset_index(
+    n_or_indices: int | Sequence[int] | torch.Tensor, num_units: int, seed: int | None = None
+) -> torch.Tensor:
+    """The units a ``subset`` keeps: the first ``n`` (or ``n`` drawn without replacement with
+    ``seed``), or the given indices; a one-dimensional int64 tensor."""
+    if isinstance(n_or_indices, int):
+        if not 0 < n_or_indices <= num_units:
+            raise ValueError(f"subset size must be in 1..{num_units}, got {n_or_indices}")
+        if seed is None:
+            return torch.arange(n_or_indices)
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randperm(num_units, generator=generator)[:n_or_indices]
+    index = torch.as_tensor(n_or_indices, dtype=torch.int64)
+    if index.dim() != 1:
+        raise ValueError("subset indices must be one-dimensional")
+    return index
 
 
 def shard_positions(num_units: int, shard: tuple[int, int]) -> slice:

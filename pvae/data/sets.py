@@ -55,6 +55,7 @@ from pvae.data.registry import (
     register_dataset,
     shard_generator,
     shard_positions,
+    subset_index,
 )
 
 __all__ = [
@@ -273,18 +274,7 @@ class SetDataset:
     ) -> SetDataset:
         """A dataset of the first ``n`` sets (or ``n`` drawn without replacement using
         ``seed``), or of the given indices."""
-        if isinstance(n_or_indices, int):
-            if not 0 < n_or_indices <= len(self):
-                raise ValueError(f"subset size must be in 1..{len(self)}, got {n_or_indices}")
-            if seed is None:
-                index = torch.arange(n_or_indices)
-            else:
-                generator = torch.Generator().manual_seed(seed)
-                index = torch.randperm(len(self), generator=generator)[:n_or_indices]
-        else:
-            index = torch.as_tensor(n_or_indices, dtype=torch.int64)
-            if index.dim() != 1:
-                raise ValueError("subset indices must be one-dimensional")
+        index = subset_index(n_or_indices, len(self), seed)
         index = index.to(self.items.device)
         return self._with(self.items[index].clone(), self.labels[index].clone())
 
