@@ -226,7 +226,8 @@ class NeuralStatistician(Model):
 
     # -- pieces of the story ------------------------------------------------------------------
     def _latents_given_context(self, c: torch.Tensor, set_size: int) -> list[torch.Tensor]:
-        """Samples z1..zL from p(z | c) for ``set_size`` elements (inside the plates)."""
+        """Samples z1..zL from p(z | c) for ``set_size`` elements (inside the plates); ``c`` is
+        one context per set ``(..., B, 1, C)`` or one per element ``(..., B, S, C)``."""
         context = c.expand(*c.shape[:-2], set_size, c.shape[-1])
         zs: list[torch.Tensor] = []
         for layer, net in enumerate(self.latent_decoders):
@@ -442,7 +443,7 @@ class HomoEncoder(NeuralStatistician):
         with pyro.plate("data", num_sets, dim=-2), pyro.plate("elements", set_size, dim=-1):
             with poutine.scale(scale=1.0 / self._set_weight(set_size)):
                 c = pyro.sample("c", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
-            zs = self._latents_per_element(c)
+            zs = self._latents_given_context(c, set_size)
             pyro.sample("x", self._observation(c, zs), obs=x)
 
     def vhe_guide(self, x: torch.Tensor) -> None:
@@ -472,13 +473,6 @@ class HomoEncoder(NeuralStatistician):
 
     def _set_weight(self, set_size: int) -> int:
         return self.config.set_weight_size or set_size
-
-    def _latents_per_element(self, c: torch.Tensor) -> list[torch.Tensor]:
-        zs: list[torch.Tensor] = []
-        for layer, net in enumerate(self.latent_decoders):
-            loc, scale = net(_cat(c, zs[-1]) if zs else c)
-            zs.append(pyro.sample(f"z{layer + 1}", dist.Normal(loc, scale).to_event(1)))
-        return zs
 
     def training_setup(self, train: Any, valid: Any = None, **options: Any) -> dict[str, Any]:
         """Trains (and validates) the VHE pair."""
