@@ -35,6 +35,7 @@ from pvae.data.registry import (
     DATASETS,
     UNLABELLED,
     DatasetSpec,
+    checked_labels,
     register_dataset,
     shard_generator,
     shard_positions,
@@ -95,15 +96,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 f"images must be a float tensor (N, C, H, W), got {images.dtype} "
                 f"{tuple(images.shape)}"
             )
-        if labels is None:
-            labels = torch.full(
-                (images.shape[0],), UNLABELLED, dtype=torch.int64, device=images.device
-            )
-        if labels.shape != images.shape[:1] or labels.dtype != torch.int64:
-            raise ValueError(
-                f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
-                f"{tuple(labels.shape)}"
-            )
+        labels = checked_labels(labels, images.shape[0], images.device)
         _check_binarize(binarize)
         self.images = images
         self.labels = labels

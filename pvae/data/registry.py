@@ -47,6 +47,7 @@ __all__ = [
     "register_dataset",
     "shard_generator",
     "subset_index",
+    "checked_labels",
     "shard_positions",
 ]
 
@@ -104,6 +105,19 @@ class Dataset(Protocol):
     def subset(self, n: int, *, seed: int | None = None) -> Dataset: ...
 
     def to(self, device: torch.device | str) -> Dataset: ...
+
+
+def checked_labels(labels: torch.Tensor | None, num_units: int, device: Any) -> torch.Tensor:
+    """A labelled dataset's ``labels``: int64 ``(num_units,)``, all :data:`UNLABELLED` when
+    ``None``; ``ValueError`` otherwise."""
+    if labels is None:
+        return torch.full((num_units,), UNLABELLED, dtype=torch.int64, device=device)
+    if labels.shape != (num_units,) or labels.dtype != torch.int64:
+        raise ValueError(
+            f"labels must be int64 of shape ({num_units},), got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
+    return labels
 
 
 def subset_index(

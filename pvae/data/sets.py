@@ -50,8 +50,8 @@ import torch
 from pvae.data.images import DEFAULT, Binarize, _check_binarize, binarize_static
 from pvae.data.mnist import read_mnist
 from pvae.data.registry import (
-    UNLABELLED,
     DatasetSpec,
+    checked_labels,
     register_dataset,
     shard_generator,
     shard_positions,
@@ -122,15 +122,7 @@ class SetDataset:
                 f"items must be a float tensor (C, M, *event), got {items.dtype} "
                 f"{tuple(items.shape)}"
             )
-        if labels is None:
-            labels = torch.full(
-                (items.shape[0],), UNLABELLED, dtype=torch.int64, device=items.device
-            )
-        if labels.shape != items.shape[:1] or labels.dtype != torch.int64:
-            raise ValueError(
-                f"labels must be int64 of shape ({items.shape[0]},), got {labels.dtype} "
-                f"{tuple(labels.shape)}"
-            )
+        labels = checked_labels(labels, items.shape[0], items.device)
         _check_binarize(binarize)
         _positive_int("set_size", set_size)
         if set_size > items.shape[1]:
