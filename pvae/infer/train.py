@@ -241,11 +241,12 @@ def _default_batch_args(batch: Any) -> tuple:
     return (batch,)
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """``batch`` (a tensor, or a tuple or list of them) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device) for b in batch)
     return batch
 
 
@@ -488,7 +489,7 @@ class _Training:
     def _probe(self) -> None:
         """One pass without gradients creates any pyro.param sites and checks the model."""
         config = self.config
-        first = _to_device(
+        first = to_device(
             next(iter(_iterate(self.train_data, config.batch_size, False, self.generator))),
             self.device,
         )
@@ -595,7 +596,7 @@ class _Training:
         )
         step = skip_steps
         for step, batch in enumerate(bar, start=skip_steps):
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             state.step = step
             for callback in self.callbacks:
                 callback.on_step_start(state)
@@ -763,7 +764,7 @@ def _validate(model, guide, data, objective, config, batch_args, device) -> dict
         num_data = None
     generator = torch.Generator().manual_seed(config.seed + 1)
     for batch in _iterate(data, config.batch_size, False, generator):
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         args = batch_args(batch)
         if elbo is not None:
             value = elbo(model, guide, *args)

@@ -64,10 +64,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-class _Skip(Exception):
-    """A diagnostic that does not apply to this model."""
-
-
 def _slice(args: tuple, n: int) -> tuple:
     return tuple(a[:n] if isinstance(a, torch.Tensor) else a for a in args)
 

@@ -9,16 +9,8 @@ from typing import Any
 
 import torch
 
+from pvae.infer.train import to_device
 from pvae.runs.folder import load_run, write_json
-
-
-def to_device(batch: Any, device: torch.device | str) -> Any:
-    """``batch`` (a tensor, or a tuple or list of them) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch
 
 
 def _cuda_devices(device: torch.device | str) -> list[int]:
