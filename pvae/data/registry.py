@@ -56,7 +56,13 @@ UNLABELLED = -1
 
 # Modules that register pvae's own datasets; imported on first use of the registry, so that
 # importing a modality module never has to import the others.
-_BUILTIN_MODULES = ("pvae.data.mnist", "pvae.data.omniglot", "pvae.data.sets")
+_BUILTIN_MODULES = (
+    "pvae.data.mnist",
+    "pvae.data.omniglot",
+    "pvae.data.sets",
+    "pvae.data.ptb",
+    "pvae.data.sentences",
+)
 
 
 @runtime_checkable

@@ -126,12 +126,15 @@ def log_likelihood(
     sample_batch_size: int | None = None,
     max_elements: int = 20_000_000,
     progress: bool = False,
+    datum_size: int | None = None,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x_n) for every datum, shape ``(N,)`` (nats).
 
     Data go through the model ``batch_size`` at a time, and the ``num_samples`` importance
     samples in chunks of ``sample_batch_size`` (by default as many as keep
-    ``chunk * batch * datum size`` under ``max_elements``), with a running log-sum-exp, so
+    ``chunk * batch * datum_size`` under ``max_elements``; ``datum_size`` defaults to the
+    elements of one datum, and a model whose sample of a datum materialises more, like a text
+    decoder's ``length x vocabulary`` logits, passes that), with a running log-sum-exp, so
     K = 5000 fits in memory. Extra positional ``args`` (labels) are sliced alongside ``x``.
 
     Summarise with :class:`LogLikelihood` (``LogLikelihood(values, K).mean``, ``.stderr``).
@@ -159,13 +162,23 @@ def log_likelihood(
             sample_batch_size,
             max_elements,
             progress,
+            datum_size,
         )
 
 
 def _log_likelihood(
-    model, guide, x, args, num_samples, batch_size, sample_batch_size, max_elements, progress
+    model,
+    guide,
+    x,
+    args,
+    num_samples,
+    batch_size,
+    sample_batch_size,
+    max_elements,
+    progress,
+    datum_size=None,
 ) -> torch.Tensor:
-    datum_size = max(1, x[0].numel())
+    datum_size = max(1, datum_size or x[0].numel())
     results = []
     bar = tqdm(total=x.shape[0], desc="log p(x)", unit="datum", disable=not progress)
     for start, size in _starts_and_sizes(x.shape[0], batch_size):

@@ -17,6 +17,7 @@ before any ``on_epoch_end``. A callback that adds numbers to the record does so 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,27 +94,60 @@ class EpochEndHook(Callback):
         self.fn(record)
 
 
+KL_SCHEDULES = ("linear", "logistic", "cyclical")
+
+
+def kl_weight(progress: float, epochs: float, schedule: str = "linear", cycles: int = 4) -> float:
+    """The KL weight beta after ``progress`` epochs of training (fractions count).
+
+    - ``linear`` [1, 2]: ``beta = min(1, progress / epochs)``.
+    - ``logistic`` [1]: ``beta = sigmoid(10 (progress / epochs - 1/2))`` (0.007 at the start,
+      0.993 at ``epochs``), then 1. Bowman et al.'s ``1 / (1 + exp(-k (step - x0)))`` with
+      the midpoint ``x0`` at half the window and ``k`` scaled to it.
+    - ``cyclical`` [3]: ``cycles`` cycles of ``2 * epochs`` epochs each; in every cycle beta
+      grows linearly over the first half (R = 0.5, as Fu et al.) and is 1 over the second;
+      1 after the last cycle.
+    """
+    if progress >= (2 * cycles if schedule == "cyclical" else 1) * epochs:
+        return 1.0
+    if schedule == "linear":
+        return min(1.0, progress / epochs)
+    if schedule == "logistic":
+        return 1.0 / (1.0 + math.exp(-10.0 * (progress / epochs - 0.5)))
+    if schedule == "cyclical":
+        return min(1.0, (progress % (2 * epochs)) / epochs)
+    raise ValueError(f"unknown KL schedule {schedule!r}; choose from {', '.join(KL_SCHEDULES)}")
+
+
 class KLAnnealing(Callback):
-    """Linear KL annealing: the objective's ``beta`` grows from 0 to 1 over ``epochs`` epochs
-    (in fractions of an epoch, step by step), and is 1 from the end of each epoch on, so that
-    validation and the returned objective use the plain bound. ``fit`` adds it for
-    ``config.kl_anneal_epochs > 0``.
+    """KL annealing: the objective's ``beta`` follows :func:`kl_weight` step by step (in
+    fractions of an epoch), and is 1 from the end of each epoch on, so that validation and the
+    returned objective use the plain bound. ``fit`` adds it for ``config.kl_anneal_epochs > 0``
+    with ``config.kl_anneal_schedule`` and ``config.kl_anneal_cycles``.
 
     References:
         [1] Bowman, Vilnis, Vinyals, Dai, Jozefowicz, Bengio. Generating Sentences from a
             Continuous Space. CoNLL 2016. arXiv:1511.06349
         [2] Sonderby, Raiko, Maaloe, Sonderby, Winther. Ladder Variational Autoencoders.
             NeurIPS 2016. arXiv:1602.02282
+        [3] Fu, Li, Liu, Gao, Celikyilmaz, Carin. Cyclical Annealing Schedule: A Simple
+            Approach to Mitigating KL Vanishing. NAACL 2019. arXiv:1903.10145
     """
 
-    def __init__(self, epochs: float) -> None:
+    def __init__(self, epochs: float, schedule: str = "linear", cycles: int = 4) -> None:
         if not epochs > 0:
             raise ValueError(f"KL annealing needs a positive number of epochs, got {epochs}")
-        self.epochs = epochs
+        if schedule not in KL_SCHEDULES:
+            raise ValueError(
+                f"unknown KL schedule {schedule!r}; choose from {', '.join(KL_SCHEDULES)}"
+            )
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+            raise ValueError(f"cycles must be a positive integer, got {cycles!r}")
+        self.epochs, self.schedule, self.cycles = epochs, schedule, cycles
 
     def on_step_start(self, state: TrainState) -> None:
         progress = state.epoch + state.step / state.steps_per_epoch
-        state.objective.beta = min(1.0, progress / self.epochs)
+        state.objective.beta = kl_weight(progress, self.epochs, self.schedule, self.cycles)
 
     def on_epoch_end(self, state: TrainState, record: dict[str, float]) -> None:
         state.objective.beta = 1.0

@@ -27,7 +27,14 @@ from pyro.infer import ELBO as PyroELBO
 from pyro.params.param_store import StateDict
 from tqdm.auto import tqdm
 
-from pvae.infer.callbacks import Callback, EpochEndHook, KLAnnealing, TrainState, ValidMetrics
+from pvae.infer.callbacks import (
+    KL_SCHEDULES,
+    Callback,
+    EpochEndHook,
+    KLAnnealing,
+    TrainState,
+    ValidMetrics,
+)
 from pvae.infer.checkpoint import (
     CheckpointError,
     check_same_model,
@@ -59,7 +66,9 @@ class TrainConfig:
     lr_schedule: str | None = None  # None, "exponential", "cosine" or "burda"
     lr_decay: float = 0.97  # per epoch, with lr_schedule="exponential"
     clip_norm: float | None = None
-    kl_anneal_epochs: float = 0.0  # beta grows linearly from 0 to 1 over this many epochs
+    kl_anneal_epochs: float = 0.0  # beta grows from 0 to 1 over this many epochs (0: off)
+    kl_anneal_schedule: str = "linear"  # "linear", "logistic" (Bowman) or "cyclical" (Fu)
+    kl_anneal_cycles: int = 4  # cycles of the cyclical schedule
     early_stopping_patience: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -109,6 +118,12 @@ class TrainConfig:
                 f"kl_anneal_epochs must be a number >= 0 (0: no annealing), "
                 f"got {self.kl_anneal_epochs}"
             )
+        if self.kl_anneal_schedule not in KL_SCHEDULES:
+            raise ValueError(
+                f"kl_anneal_schedule must be one of {', '.join(KL_SCHEDULES)}, "
+                f"got {self.kl_anneal_schedule!r}"
+            )
+        _check_integer("kl_anneal_cycles", self.kl_anneal_cycles)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"monitor must be an epoch record's key, got {self.monitor!r}")
         self.betas = tuple(self.betas)
@@ -362,7 +377,17 @@ def fit(
             f"monitor={config.monitor!r} needs valid_metrics (or a callback's on_epoch_end) "
             "returning it (the validation bound is 'valid_bound')"
         )
-    annealing = [KLAnnealing(config.kl_anneal_epochs)] if config.kl_anneal_epochs > 0 else []
+    annealing = (
+        [
+            KLAnnealing(
+                config.kl_anneal_epochs,
+                schedule=config.kl_anneal_schedule,
+                cycles=config.kl_anneal_cycles,
+            )
+        ]
+        if config.kl_anneal_epochs > 0
+        else []
+    )
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
@@ -471,6 +496,20 @@ class _Training:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         pyro.set_rng_seed(self.config.seed)
         self.start_time = time.perf_counter()
+        modes = [module.training for module in self.modules]
+        try:
+            self._run(resume)
+        finally:
+            for module, mode in zip(self.modules, modes, strict=True):
+                module.train(mode)
+
+    def _set_training(self, mode: bool) -> None:
+        """Training mode for the epoch's steps (dropout, word dropout on), evaluation mode for
+        validation and the epoch-end callbacks; ``fit`` restores the modules' modes."""
+        for module in self.modules:
+            module.train(mode)
+
+    def _run(self, resume: bool) -> None:
         self._probe()
         start_epoch, skip_steps, resumed_totals = 0, 0, (0.0, 0)
         if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / LAST).exists():
@@ -576,6 +615,7 @@ class _Training:
             generator.set_state(self.resume_generator_state)
         self.epoch_start_state = generator.get_state()
         state.epoch = epoch
+        self._set_training(True)
         for callback in self.callbacks:
             callback.on_epoch_start(state)
         batches = iter(_iterate(self.train_data, config.batch_size, True, generator))
@@ -640,6 +680,7 @@ class _Training:
         """The schedule, validation, callbacks, best checkpoint and the epoch's checkpoint;
         returns whether early stopping ends the run."""
         config, result, state = self.config, self.result, self.state
+        self._set_training(False)  # validation and callbacks see the model as evaluated
         with warnings.catch_warnings():
             # A run resumed after its epoch's last step takes no optimizer step in this
             # epoch; the schedule still advances once per epoch, as uninterrupted.

@@ -17,10 +17,17 @@ hook                                   default
 ``initialize(data_options)``           nothing; called once on a fresh run with the training
                                        data's ``model_options()`` (image models set the
                                        decoder's output bias from the mean image)
+``data_options()``                     ``{}``: options with which the run's validation and
+                                       test splits are loaded (text: the training vocabulary)
+``eval_datum_size(args)``              ``None``: elements one importance sample of one datum
+                                       materialises, which sizes the evaluator's chunks
+                                       (``None``: the datum's own size; text: length x vocab)
 ``sample(n, generator)``               ``NotImplementedError``: draws from the prior, no encoder
 ``training_setup(train, valid, ...)``  ``{}``: extra ``fit`` arguments (M2: its data stream,
                                        objective and validation-accuracy callback)
 ``metrics(test)``                      ``{}``: model-specific test numbers (M2: accuracy)
+``likelihood_metrics(log_px, test)``   ``{}``: numbers derived from the per-datum log p(x)
+                                       estimates (text: perplexity per token)
 ``report_items(test, out, seed)``      ``[]``: figures and tables for the run's report
 =====================================  =========================================================
 """
@@ -164,6 +171,17 @@ class Model(PyroModule):
     def initialize(self, data_options: Mapping[str, Any]) -> None:
         """Called once, on a fresh run, with the training data's ``model_options()``."""
 
+    def data_options(self) -> dict[str, Any]:
+        """Modality options of :func:`pvae.data.load_dataset` with which the run's validation
+        and test splits are read, so that evaluation sees the data as training did (text: the
+        vocabulary kept in the config)."""
+        return {}
+
+    def eval_datum_size(self, args: tuple) -> int | None:
+        """Elements one importance sample of one datum materialises in ``log_likelihood``
+        (``None``: the datum's size); the evaluator sizes its sample chunks with it."""
+        return None
+
     # -- what a trained model offers ----------------------------------------------------------
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Any:
         """Draws ``num_samples`` data from the prior, without the encoder."""
@@ -179,6 +197,11 @@ class Model(PyroModule):
     def metrics(self, test: Any) -> dict[str, float]:
         """Model-specific numbers on the test set (beyond the log-likelihood), e.g.
         ``{"test_accuracy": ...}``; reported by ``pvae train`` and ``pvae evaluate``."""
+        return {}
+
+    def likelihood_metrics(self, log_likelihoods: torch.Tensor, test: Any) -> dict[str, float]:
+        """Numbers derived from the importance-sampled ``log p(x)`` of every test datum
+        (``(N,)``, in any order), e.g. a text model's perplexity per token."""
         return {}
 
     def report_items(self, test: Any, out: Path, seed: int = 0) -> list[ReportItem]:

@@ -32,7 +32,7 @@ import math
 import os
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,9 @@ def diagnose_model(
             skip("bdmc", metrics["skipped"].get("ais", "AIS is off"))
         else:
             steps = int(bdmc_steps or ais_steps)
-            result = bdmc(
+            result = _bdmc_or_skip(
+                skip,
+                bdmc,
                 model.model,
                 simulated,
                 steps,
@@ -204,15 +206,16 @@ def diagnose_model(
                 seed=seed,
                 progress=progress,
             )
-            metrics["bdmc"] = {
-                "num_data": simulated,
-                "steps": steps,
-                "chains": int(ais_chains),
-                "lower_mean": result.lower_mean,
-                "upper_mean": result.upper_mean,
-                "gap_mean": result.gap_mean,
-                "gap_stderr": mean_and_stderr(result.gap)["stderr"],
-            }
+            if result is not None:
+                metrics["bdmc"] = {
+                    "num_data": simulated,
+                    "steps": steps,
+                    "chains": int(ais_chains),
+                    "lower_mean": result.lower_mean,
+                    "upper_mean": result.upper_mean,
+                    "gap_mean": result.gap_mean,
+                    "gap_stderr": mean_and_stderr(result.gap)["stderr"],
+                }
 
     # Posterior collapse: metrics of one latent with the data plate as its only batch dim
     # (the first latent site); a model whose first latent has other plates (a set's context
@@ -229,6 +232,16 @@ def diagnose_model(
     metrics = _clean(metrics)
     write_json(out / "diagnostics.json", metrics)
     return metrics, figures
+
+
+def _bdmc_or_skip(skip: Callable, bdmc: Callable, *args: Any, **kwargs: Any) -> Any:
+    """BDMC's result, or ``None`` after recording why the model cannot simulate its data
+    (an autoregressive likelihood scores sentences but cannot draw them in one site)."""
+    try:
+        return bdmc(*args, **kwargs)
+    except NotImplementedError as error:
+        skip("bdmc", f"the model cannot simulate data from its observed site: {error}")
+        return None
 
 
 def _collapse_obstacle(model: Any, args: tuple) -> str | None:
@@ -326,6 +339,8 @@ def _ais_obstacle(model: Any, args: tuple) -> str | None:
 
     with torch.no_grad():
         trace = poutine.trace(model.model).get_trace(*_slice(args, 2))
+    if not latent_sites(trace):
+        return "the model has no latent variable (its importance-sampled log p(x) is exact)"
     for site in latent_sites(trace):
         support = site["fn"].support
         if support.is_discrete:

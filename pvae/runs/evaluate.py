@@ -48,10 +48,16 @@ def evaluate_model(
     _check_count("num_samples", num_samples)
     start = time.perf_counter()
     args = to_device(tuple(model.eval_args(whole_batch(data))), device)
+    datum_size = model.eval_datum_size(args)
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(seed)
         values = log_likelihood(
-            model.model, model.guide, *args, num_samples=num_samples, progress=progress
+            model.model,
+            model.guide,
+            *args,
+            num_samples=num_samples,
+            progress=progress,
+            datum_size=datum_size,
         )
     estimate = LogLikelihood(values.cpu(), num_samples)
     result: dict[str, Any] = {
@@ -61,6 +67,8 @@ def evaluate_model(
         "eval_size": int(values.numel()),
     }
     with torch.no_grad():
+        derived = model.likelihood_metrics(values.cpu(), data)
+        result.update({key: float(value) for key, value in derived.items()})
         result.update({key: float(value) for key, value in model.metrics(data).items()})
     result["eval_wall_time"] = time.perf_counter() - start
     return result
@@ -86,7 +94,9 @@ def evaluate_run(
 
     _check_count("num_samples", num_samples)
     model, config = load_run(run_dir, checkpoint, device=device)
-    data = load_split(config["dataset"], split, size=size, progress=progress)
+    data = load_split(
+        config["dataset"], split, size=size, progress=progress, **model.data_options()
+    )
     result = {
         "split": split,
         "checkpoint": checkpoint,
@@ -119,15 +129,23 @@ def sample_run(
     out: str | Path | None = None,
     checkpoint: str = "best",
 ) -> Path:
-    """Draws ``num`` data from a run's prior (no encoder) into a PNG grid; returns its path."""
+    """Draws ``num`` data from a run's prior (no encoder) into a PNG grid (images) or a text
+    file, one sentence a line (text models, whose ``sample`` returns strings); returns its
+    path (default ``samples_seed<seed>.png`` or ``.txt`` in the run folder)."""
     from pvae.figures import image_grid
 
     _check_count("num", num)
     model, _ = load_run(run_dir, checkpoint)
-    path = Path(out or Path(run_dir) / f"samples_seed{seed}.png")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        samples = model.sample(num, generator=torch.Generator().manual_seed(seed))
+    text = isinstance(samples, list)
+    path = Path(out or Path(run_dir) / f"samples_seed{seed}.{'txt' if text else 'png'}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")
-    samples = model.sample(num, generator=torch.Generator().manual_seed(seed))
+    if text:
+        path.write_text("".join(f"{line}\n" for line in samples), encoding="utf-8")
+        return path
     if samples.dim() > 4:  # sets of images: one row a set
         samples = samples.reshape(-1, *samples.shape[-3:])
     image_grid(samples, path)

@@ -52,6 +52,8 @@ FIXED = {
     "train.lr_schedule": "--lr-schedule",
     "train.clip_norm": "--clip-norm",
     "train.kl_anneal_epochs": "--kl-anneal",
+    "train.kl_anneal_schedule": "--kl-schedule",
+    "train.kl_anneal_cycles": "--kl-cycles",
     "train.seed": "--seed",
 }
 #: what a resume may change: how long to train, when to stop or checkpoint, where to run,

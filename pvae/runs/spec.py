@@ -66,6 +66,8 @@ class TrainSpec:
             "lr_schedule",
             "clip_norm",
             "kl_anneal_epochs",
+            "kl_anneal_schedule",
+            "kl_anneal_cycles",
             "early_stopping_patience",
             "seed",
             "device",

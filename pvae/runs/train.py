@@ -117,11 +117,14 @@ def _dataset_files(name: str) -> str:
         return f"a file of dataset {name!r}"
 
 
-def load_splits(spec: TrainSpec) -> tuple[Any, Any, Any]:
-    """The run's train, valid and test sets (``train_size`` also shrinks valid)."""
-    train = load_split(spec.dataset, "train", size=spec.train_size, progress=spec.progress)
-    valid = load_split(spec.dataset, "valid", progress=spec.progress)
-    test = load_split(spec.dataset, "test", size=spec.eval_size, progress=spec.progress)
+def load_splits(spec: TrainSpec, **options: Any) -> tuple[Any, Any, Any]:
+    """The run's train, valid and test sets (``train_size`` also shrinks valid); ``options``
+    (a model's ``data_options()``) go to every split's loader."""
+    train = load_split(
+        spec.dataset, "train", size=spec.train_size, progress=spec.progress, **options
+    )
+    valid = load_split(spec.dataset, "valid", progress=spec.progress, **options)
+    test = load_split(spec.dataset, "test", size=spec.eval_size, progress=spec.progress, **options)
     if spec.train_size is not None:
         valid = valid.subset(min(len(valid), max(100, spec.train_size // 5)))
     return train, valid, test

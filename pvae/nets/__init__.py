@@ -1,0 +1,22 @@
+"""Encoders and decoders shared by pvae's models: one module per family.
+
+- :mod:`pvae.nets.mlp`: multilayer perceptrons and Gaussian heads;
+- :mod:`pvae.nets.conv`: a small convolutional encoder/decoder for 28x28 images;
+- :mod:`pvae.nets.recurrent`: LSTM sentence encoders and decoders over token ids.
+
+All networks map leading batch dims through unchanged, so a decoder applied to latents of shape
+``(K, B, D)`` (K importance samples) returns ``(K, B, ...)``.
+"""
+
+from pvae.nets.conv import ConvDecoder, ConvEncoder
+from pvae.nets.mlp import ACTIVATIONS, GaussianHead, GaussianMLP, mlp, numel
+
+__all__ = [
+    "ACTIVATIONS",
+    "ConvDecoder",
+    "ConvEncoder",
+    "GaussianHead",
+    "GaussianMLP",
+    "mlp",
+    "numel",
+]
