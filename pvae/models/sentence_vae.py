@@ -161,6 +161,27 @@ class SentenceVAE(TextModel):
         with pyro.plate("data", x.shape[0]), self._kl_weight():
             pyro.sample("z", self.posterior(x))
 
+    @torch.no_grad()
+    def metrics(self, test: Any) -> dict[str, float]:
+        """``test_kl``: the mean ``KL(q(z | x) || p(z))`` per sentence (analytic), and
+        ``test_active_units`` (Burda et al.'s ``Cov_x E[z_u | x] > 0.01``)."""
+        from torch.distributions import kl_divergence
+
+        from pvae.evaluation.collapse import ActiveUnits
+
+        device = self._anchor.device
+        kls, means = [], []
+        for x, _ in test.batches(256, shuffle=False):
+            x = self._trim(x.to(device))
+            posterior = self.posterior(x)
+            kls.append(kl_divergence(posterior, self.prior().expand(posterior.batch_shape)))
+            means.append(posterior.mean)
+        result = {"test_kl": float(torch.cat(kls).mean())}
+        if len(test) >= 2:
+            variances = torch.cat(means).var(0, unbiased=False)
+            result["test_active_units"] = float(ActiveUnits(variances, 0.01).count)
+        return result
+
     def free_bits_surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-valued ``c - stop_grad(c)``, ``c = -sum_j max(0, lambda - mean_n KL_nj)``:
         the free-bits gradient without changing any bound (see :class:`pvae.models.vae.VAE`)."""
