@@ -8,6 +8,7 @@ from pathlib import Path
 
 ORDER = [
     "throughput",
+    "throughput_text",
     "mnist_nll",
     "distributions",
     "zoo",
@@ -16,6 +17,8 @@ ORDER = [
     "m2_accuracy",
     "few_shot",
     "acn",
+    "text_ptb",
+    "ss_text",
     "diagnostics",
 ]
 
