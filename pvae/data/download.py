@@ -495,7 +495,9 @@ def _download_canonical(
         download_file(source.url, target, source.sha256, progress=progress, timeout=timeout)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{resource.name}.raw."))
+    # target.name, not resource.name: a resource in a subfolder ("ptb/ptb.train.txt.gz")
+    # names a path, and the work folder and converted file sit flat in target.parent.
+    workdir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.raw."))
     try:
         raw = [
             download_file(
@@ -507,7 +509,7 @@ def _download_canonical(
             )
             for source in resource.sources
         ]
-        converted = workdir / resource.name
+        converted = workdir / target.name
         resource.convert(raw, converted)
         with open(converted, "rb+") as handle:
             os.fsync(handle.fileno())

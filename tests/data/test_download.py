@@ -1,3 +1,5 @@
+import dataclasses
+import gzip
 import hashlib
 import os
 import socket
@@ -6,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Route
 
-from pvae.data import download
+from pvae.data import download, load_dataset
 from pvae.data.download import (
     ChecksumMismatchError,
     DatasetNotFoundError,
@@ -15,6 +17,7 @@ from pvae.data.download import (
     Source,
     fetch,
 )
+from pvae.data.text import read_lines
 
 SHARED = Path(os.environ["PVAE_DATA_DIR"])
 
@@ -220,3 +223,91 @@ def test_checksum_table_matches_shared_sums():
     sums = dict(reversed(line.split()) for line in (SHARED / "SHA256SUMS").read_text().splitlines())
     for name, resource in download.RESOURCES.items():
         assert resource.sha256[0] == sums[f"./{name}"]
+
+
+# -- text resources: raw upstream text, gzipped by pvae -----------------------------------------
+
+TEXT = "ptb/ptb.valid.txt.gz"
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def upstream_text() -> bytes:
+    """The upstream text of ``TEXT``: pvae's gzipped file, unzipped."""
+    return gzip.decompress((SHARED / TEXT).read_bytes())
+
+
+def serve_upstream_text(http_server, monkeypatch, body: bytes) -> None:
+    """Serves ``body`` as the upstream text of ``TEXT``, its Source url pointed at the local
+    server (the digest stays the real one)."""
+    resource = download.RESOURCES[TEXT]
+    (source,) = resource.sources
+    assert source.url.endswith("/ptb.valid.txt") and source.sha256 == sha256(upstream_text())
+    http_server.routes["/upstream/ptb.valid.txt"] = Route(body)
+    local = dataclasses.replace(source, url=f"{http_server.url}/upstream/ptb.valid.txt")
+    monkeypatch.setitem(download.RESOURCES, TEXT, dataclasses.replace(resource, sources=(local,)))
+
+
+def test_text_resource_downloads_raw_text_and_gzips_it(http_server, isolated, monkeypatch):
+    raw = upstream_text()
+    serve_upstream_text(http_server, monkeypatch, raw)
+    path = fetch(TEXT, progress=False)
+    assert path == isolated / "data" / "ptb" / "ptb.valid.txt.gz"
+    assert gzip.decompress(path.read_bytes()) == raw
+    assert read_lines(path)[:1] == [
+        " consumers may want to move their telephones a little closer to the tv set "
+    ]
+    # No temporary files; the converted file's digest is recorded beside it.
+    assert files_under(isolated / "data") == [
+        "ptb/ptb.valid.txt.gz",
+        "ptb/ptb.valid.txt.gz.sha256",
+    ]
+    assert (path.parent / "ptb.valid.txt.gz.sha256").read_text().split()[0] == sha256(
+        path.read_bytes()
+    )
+    # Verifiable later (a new process), and found without a new request.
+    download._VERIFIED.clear()
+    assert fetch(TEXT, download=False) == path
+    assert http_server.requests == ["/upstream/ptb.valid.txt"]
+    # The gzipping is deterministic: a second download elsewhere gives the same bytes.
+    elsewhere = isolated / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = fetch(TEXT, progress=False)
+    assert again == elsewhere / "data" / TEXT and again.read_bytes() == path.read_bytes()
+    assert len(http_server.requests) == 2
+
+
+def test_corrupt_upstream_text_raises_and_leaves_nothing(http_server, isolated, monkeypatch):
+    corrupted = upstream_text().replace(b" the ", b" a ", 1)
+    serve_upstream_text(http_server, monkeypatch, corrupted)
+    with pytest.raises(ChecksumMismatchError, match=sha256(corrupted)):
+        fetch(TEXT, progress=False)
+    assert files_under(isolated / "data") == []
+
+
+def test_text_resource_from_a_mirror_by_its_subfolder(http_server, isolated):
+    body = (SHARED / TEXT).read_bytes()
+    http_server.routes["/mirror/ptb/ptb.valid.txt.gz"] = Route(body)
+    path = fetch(TEXT, mirror=http_server.url + "/mirror", progress=False)
+    assert path == isolated / "data" / "ptb" / "ptb.valid.txt.gz"
+    assert download.sha256_file(path) == download.RESOURCES[TEXT].sha256[0]
+    assert files_under(isolated / "data") == ["ptb/ptb.valid.txt.gz"]
+    assert http_server.requests == ["/mirror/ptb/ptb.valid.txt.gz"]
+
+
+def test_labelled_corpus_loads_from_a_mirror(http_server, isolated, monkeypatch):
+    """End to end: load_dataset fetches SST-2's three files from $PVAE_DATA_MIRROR."""
+    for part in ("train", "dev", "test"):
+        name = f"text/stsa.binary.{part}.gz"
+        http_server.routes[f"/{name}"] = Route((SHARED / name).read_bytes())
+    monkeypatch.setenv("PVAE_DATA_MIRROR", http_server.url)
+    valid = load_dataset("sst2", "valid", progress=False)
+    assert len(valid) == 872 and valid.num_classes == 2
+    assert files_under(isolated / "data") == [
+        "text/stsa.binary.dev.gz",
+        "text/stsa.binary.test.gz",
+        "text/stsa.binary.train.gz",
+    ]
