@@ -108,15 +108,15 @@ def kl_weight(progress: float, epochs: float, schedule: str = "linear", cycles: 
       grows linearly over the first half (R = 0.5, as Fu et al.) and is 1 over the second;
       1 after the last cycle.
     """
+    if schedule not in KL_SCHEDULES:
+        raise ValueError(f"unknown KL schedule {schedule!r}; choose from {', '.join(KL_SCHEDULES)}")
     if progress >= (2 * cycles if schedule == "cyclical" else 1) * epochs:
         return 1.0
     if schedule == "linear":
         return min(1.0, progress / epochs)
     if schedule == "logistic":
         return 1.0 / (1.0 + math.exp(-10.0 * (progress / epochs - 0.5)))
-    if schedule == "cyclical":
-        return min(1.0, (progress % (2 * epochs)) / epochs)
-    raise ValueError(f"unknown KL schedule {schedule!r}; choose from {', '.join(KL_SCHEDULES)}")
+    return min(1.0, (progress % (2 * epochs)) / epochs)  # cyclical
 
 
 class KLAnnealing(Callback):

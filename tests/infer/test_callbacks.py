@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from pvae.infer.callbacks import Callback, KLAnnealing, TrainState, ValidMetrics
+from pvae.infer.callbacks import Callback, KLAnnealing, TrainState, ValidMetrics, kl_weight
 from pvae.infer.checkpoint import load_checkpoint
 from pvae.infer.objectives import ELBO
 from pvae.infer.train import BEST, LAST, fit
@@ -189,3 +191,78 @@ def test_kl_annealing_sets_beta_before_every_step_and_ends_at_one():
     assert objective.beta == 1.0
     with pytest.raises(ValueError, match="positive number of epochs"):
         KLAnnealing(0)
+
+
+# -- KL schedules ------------------------------------------------------------------------------
+
+
+def test_linear_schedule():
+    assert [kl_weight(p, 4.0, "linear") for p in (0, 1, 2, 3.9, 4, 10)] == pytest.approx(
+        [0.0, 0.25, 0.5, 0.975, 1.0, 1.0]
+    )
+    assert kl_weight(1.0, 4.0) == 0.25  # linear is the default
+
+
+def test_logistic_schedule():
+    epochs = 3.0
+    assert kl_weight(0.0, epochs, "logistic") == pytest.approx(1 / (1 + math.exp(5)))
+    assert kl_weight(0.0, epochs, "logistic") == pytest.approx(0.0067, abs=1e-4)
+    assert kl_weight(epochs / 2, epochs, "logistic") == pytest.approx(0.5)
+    assert kl_weight(0.999 * epochs, epochs, "logistic") == pytest.approx(0.9933, abs=1e-3)
+    assert kl_weight(epochs, epochs, "logistic") == 1.0  # 1 from the end of the window on
+    assert kl_weight(7 * epochs, epochs, "logistic") == 1.0
+    values = [kl_weight(epochs * i / 20, epochs, "logistic") for i in range(21)]
+    assert values == sorted(values) and len(set(values)) == 21
+    # Symmetric about the midpoint: beta(mid + d) = 1 - beta(mid - d).
+    for d in (0.3, 0.9, 1.4):
+        low, high = (kl_weight(epochs / 2 + s * d, epochs, "logistic") for s in (-1, 1))
+        assert low + high == pytest.approx(1.0)
+
+
+def test_cyclical_schedule():
+    epochs, cycles = 2.0, 3  # cycles of 4 epochs: a 2-epoch ramp, then 2 epochs at 1
+    for cycle in range(cycles):
+        start = cycle * 2 * epochs
+        ramp = [kl_weight(start + f * epochs, epochs, "cyclical", cycles) for f in (0, 0.25, 0.5)]
+        assert ramp == pytest.approx([0.0, 0.25, 0.5])
+        held = [kl_weight(start + f * epochs, epochs, "cyclical", cycles) for f in (1, 1.5, 1.99)]
+        assert held == [1.0, 1.0, 1.0]
+    # After the last cycle (12 epochs): 1, with no new ramp.
+    assert [kl_weight(p, epochs, "cyclical", cycles) for p in (12, 12.5, 14, 100)] == [1.0] * 4
+    # With one cycle it is the linear ramp, then 1.
+    assert [kl_weight(p, epochs, "cyclical", 1) for p in (0, 1, 2, 3, 4, 5)] == pytest.approx(
+        [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    )
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.5, 1.0, 5.0, 100.0])
+def test_unknown_schedule_raises_at_any_progress(progress):
+    with pytest.raises(ValueError, match="unknown KL schedule 'cosine'"):
+        kl_weight(progress, 1.0, "cosine")
+
+
+def test_kl_annealing_follows_the_schedule_step_by_step():
+    class Objective:
+        beta = 1.0
+
+    annealing = KLAnnealing(2.0, "cyclical", cycles=2)
+    state = TrainState(None, None, 0, torch.device("cpu"), Objective(), steps_per_epoch=4)
+    betas = []
+    for epoch in range(10):
+        for step in range(4):
+            state.epoch, state.step = epoch, step
+            annealing.on_step_start(state)
+            betas.append(state.objective.beta)
+        annealing.on_epoch_end(state, {})
+        assert state.objective.beta == 1.0  # validation sees the plain bound
+    expected = [kl_weight(e + s / 4, 2.0, "cyclical", 2) for e in range(10) for s in range(4)]
+    assert betas == expected
+    assert betas[:8] == pytest.approx([i / 8 for i in range(8)])
+    assert betas[16:24] == pytest.approx([i / 8 for i in range(8)])  # the second cycle
+    assert betas[32:] == [1.0] * 8
+    for bad in ("cosine", "Linear"):
+        with pytest.raises(ValueError, match="unknown KL schedule"):
+            KLAnnealing(1.0, bad)
+    for cycles in (0, 1.5, True):
+        with pytest.raises(ValueError, match="cycles"):
+            KLAnnealing(1.0, "cyclical", cycles=cycles)
