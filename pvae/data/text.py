@@ -16,7 +16,8 @@ Reading rules for bad input (counted in :attr:`TextDataset.counts` and logged at
 ``pvae.data.text`` logger):
 
 - an empty (or whitespace-only) line is skipped (``"empty"``);
-- a word outside the vocabulary becomes ``<unk>`` (``"unknown"`` counts them);
+- a word outside the vocabulary becomes ``<unk>`` (``"unknown"`` counts them), and so does a
+  literal ``<pad>``, ``<bos>`` or ``<eos>`` in the text (a literal ``<unk>`` is ``<unk>``);
 - a sentence of more than ``max_length`` words is cut to its first ``max_length`` words,
   then ``<eos>`` (``"truncated"``).
 
@@ -123,8 +124,11 @@ class Vocabulary:
         return f"Vocabulary({len(self)} tokens)"
 
     def encode(self, words: Sequence[str]) -> list[int]:
-        """Ids of ``words`` (``<unk>`` for words outside the vocabulary); no ``<eos>``."""
-        return [self.index.get(word, self.unk_id) for word in words]
+        """Ids of ``words`` (``<unk>`` for words outside the vocabulary, and for a literal
+        ``<pad>``, ``<bos>`` or ``<eos>`` in the text, which would corrupt the sentence);
+        no ``<eos>``."""
+        ids = (self.index.get(word, self.unk_id) for word in words)
+        return [i if i >= self.unk_id else self.unk_id for i in ids]
 
     def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> list[str]:
         """Words of ``ids``, without ``<pad>`` and ``<bos>``; up to the first ``<eos>``."""
