@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--eval-samples",
         type=_positive_int,
-        default=5000,
-        help="K importance samples for the test NLL",
+        default=None,
+        help="K importance samples for the test NLL (default: the model's, 5000 for images, "
+        "500 for text, 1 for a model without latents)",
     )
     train.add_argument(
         "--eval-size",
@@ -223,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", help="a run folder written by `pvae train`")
     evaluate.add_argument(
-        "--eval-samples", type=_positive_int, default=5000, help="K importance samples per datum"
+        "--eval-samples",
+        type=_positive_int,
+        default=None,
+        help="K importance samples per datum (default: the model's, 5000 for images, 500 for "
+        "text, 1 for a model without latents)",
     )
     evaluate.add_argument(
         "--eval-size", type=_positive_int, default=None, help="number of test images (default: all)"
@@ -431,7 +436,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra = "".join(f", {key} {value:.4f}" for key, value in model_metrics.items())
     print(
         f"{args.split} NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats "
-        f"(K={args.eval_samples}, {result['eval_size']} items){extra}"
+        f"(K={result['eval_samples']}, {result['eval_size']} items){extra}"
     )
     return 0
 

@@ -134,6 +134,11 @@ class Model(PyroModule):
     registry_name: ClassVar[str]
     #: keys of a dataset's ``model_options()`` the config takes from the data (``input_shape``)
     data_keys: ClassVar[tuple[str, ...]] = ()
+    #: K of the test NLL when a run does not choose one (IWAE's 5000 for images; text models
+    #: use the PTB literature's 500; a model without latents needs 1)
+    default_eval_samples: ClassVar[int] = 5000
+    #: whether ``log_likelihood`` is exact for this model (no latent variable), not a bound
+    exact_likelihood: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None, **options: Any) -> None:
         super().__init__()

@@ -42,6 +42,8 @@ class LSTMLanguageModel(TextModel):
     """
 
     Config = TextConfig
+    default_eval_samples = 1  # no latent: one "sample" gives the exact log p(x)
+    exact_likelihood = True
 
     def __init__(self, config: TextConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)

@@ -73,6 +73,9 @@ class TextModel(Model):
     data_keys = ("vocabulary",)
     #: how :meth:`sample` decodes draws from the prior
     sample_method = "greedy"
+    #: K of the test NLL by default: 500 importance samples, as Li et al. (2019) and the PTB
+    #: literature after them
+    default_eval_samples = 500
 
     def __init__(self, config: TextConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)

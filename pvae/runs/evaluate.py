@@ -78,7 +78,7 @@ def evaluate_run(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_samples: int = 5000,
+    num_samples: int | None = None,
     size: int | None = None,
     checkpoint: str = "best",
     device: str = "cpu",
@@ -92,8 +92,10 @@ def evaluate_run(
     exactly) seeds the importance samples."""
     from pvae.runs.train import load_split
 
-    _check_count("num_samples", num_samples)
     model, config = load_run(run_dir, checkpoint, device=device)
+    if num_samples is None:
+        num_samples = model.default_eval_samples
+    _check_count("num_samples", num_samples)
     data = load_split(
         config["dataset"], split, size=size, progress=progress, **model.data_options()
     )

@@ -18,7 +18,8 @@ class TrainSpec:
 
     ``model_options`` are constructor options of the registered ``model`` (the dataset
     supplies the rest, e.g. ``input_shape``); ``train`` holds the optimisation, the seed and
-    the device; ``eval_samples``/``eval_size`` the test evaluation; ``train_size`` keeps only
+    the device; ``eval_samples``/``eval_size`` the test evaluation (``eval_samples`` ``None``:
+    the model's ``default_eval_samples``); ``train_size`` keeps only
     the first N training units (smoke runs, with a validation set of ``max(100, N // 5)``);
     ``num_labels`` goes to models whose ``training_setup`` takes it (M2).
     """
@@ -29,7 +30,7 @@ class TrainSpec:
     objective: str = "elbo"
     num_particles: int = 1
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval_samples: int = 5000
+    eval_samples: int | None = None
     eval_size: int | None = None
     train_size: int | None = None
     num_labels: int = 100
@@ -43,7 +44,7 @@ class TrainSpec:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
         for name in ("num_particles", "eval_samples", "num_labels", "eval_size", "train_size"):
             value = getattr(self, name)
-            if value is None and name in ("eval_size", "train_size"):
+            if value is None and name in ("eval_size", "train_size", "eval_samples"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -10,6 +10,7 @@ benchmark and tutorial that trains a registered model goes through here.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import time
@@ -165,7 +166,9 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
     from pvae.runs.evaluate import evaluate_model
     from pvae.runs.report import write_report
 
-    get_model_class(spec.model)  # an unknown name fails before any data is loaded
+    cls = get_model_class(spec.model)  # an unknown name fails before any data is loaded
+    if spec.eval_samples is None:
+        spec = dataclasses.replace(spec, eval_samples=cls.default_eval_samples)
     device = spec.train.device
     check_device(device)
     _check_objective(spec)
