@@ -404,11 +404,15 @@ class TextLoader:
         bucket: int = 50,
     ) -> TextDataset:
         """:param vocabulary: the vocabulary (or token list) to read with; ``None`` builds it
-            from the training split with ``max_vocab`` and ``min_count``.
+            from the training split (``train``, or ``split`` itself when it extends it, like
+            ``train+valid``) with ``max_vocab`` and ``min_count``.
         :param max_length: cut longer sentences to this many words (counted).
         :param bucket: batches per length-sorted pool of a shuffled epoch."""
         if vocabulary is None:
-            train, _ = self.read(path, self.train_split)
+            # A training split that contains the train split (TREC's "train+valid") is its
+            # own vocabulary's source; every other split reads with the train split's.
+            source = split if split.startswith(self.train_split) else self.train_split
+            train, _ = self.read(path, source)
             vocabulary = Vocabulary.build(train, max_size=max_vocab, min_count=min_count)
         elif not isinstance(vocabulary, Vocabulary):
             vocabulary = Vocabulary(vocabulary)
