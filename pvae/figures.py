@@ -8,6 +8,7 @@ A training run (``pvae train``, ``pvae sample``):
 
 - :func:`image_grid`: images ``(N, C, H, W)`` as one grid.
 - :func:`loss_curve`: train and validation bounds per epoch.
+- :func:`plot_confusion_matrix`: a classifier's counts per true and predicted class.
 
 Diagnostics (``pvae diagnose``):
 
@@ -154,6 +155,48 @@ def loss_curve(history: Sequence[dict], path: PathLike, *, title: str = "") -> P
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path, tight=False)
+
+
+def plot_confusion_matrix(
+    counts: Any,
+    path: PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """``counts[i, j]`` (true class i predicted as j) as a grid, each cell showing its count
+    and its share of row i (the recall of class i on the diagonal); accuracy in the title."""
+    values = _numpy(counts).astype(np.int64)
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"counts must be a square matrix, got shape {values.shape}")
+    classes = values.shape[0]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(classes)]
+    if len(names) != classes:
+        raise ValueError(f"{len(names)} class names for {classes} classes")
+    shares = values / np.maximum(values.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.6 * classes
+    fig = _figure(size + 1.0, size)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(classes):
+        for j in range(classes):
+            ax.text(
+                j,
+                i,
+                f"{values[i, j]}\n{shares[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(classes), names)
+    ax.set_yticks(range(classes), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    accuracy = float(np.trace(values)) / max(int(values.sum()), 1)
+    ax.set_title(f"{title + ': ' if title else ''}accuracy {accuracy:.3f}", fontsize=9)
+    return _save(fig, path)
 
 
 def plot_khat(khat: Any, path: PathLike, title: str = "PSIS k-hat per datum") -> Path:
