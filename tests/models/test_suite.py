@@ -131,7 +131,10 @@ def test_sampling_does_not_use_the_encoder(smoke_run, tmp_path):
     with torch.no_grad():
         for p in guide_params:
             p.fill_(float("nan"))
-    samples = model.sample(6, generator=torch.Generator().manual_seed(0))
+    try:
+        samples = model.sample(6, generator=torch.Generator().manual_seed(0))
+    except NotImplementedError as error:  # a conditional model, p(y | x) (text_classifier)
+        pytest.skip(f"{name} draws no data: {error}")
     if isinstance(samples, list):  # sentences
         assert len(samples) == 6 and all(isinstance(s, str) for s in samples)
         path = sample_run(out, num=4, seed=1, out=tmp_path / "s.txt")
