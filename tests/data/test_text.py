@@ -194,7 +194,12 @@ def test_trec_valid_is_a_fixed_tenth_of_train():
     splits = {s: load_dataset("trec", s, progress=False) for s in ("train", "valid", "train+valid")}
     train, valid, both = splits["train"], splits["valid"], splits["train+valid"]
     assert (len(train), len(valid), len(both)) == (5452 - TREC_VALID, TREC_VALID, 5452)
+    # train+valid builds its vocabulary from all its questions: more words than train's.
+    assert len(both.vocabulary) > len(train.vocabulary)
+    assert both.counts["unknown"] == 0
+    same = load_dataset("trec", "train+valid", vocabulary=train.vocabulary, progress=False)
     text = {name: split.sentences() for name, split in splits.items()}
+    text["train+valid"] = same.sentences()
     # train and valid partition train+valid (questions can repeat, so compare as multisets).
     assert sorted(text["train"] + text["valid"]) == sorted(text["train+valid"])
     assert sorted(train.labels.tolist() + valid.labels.tolist()) == sorted(both.labels.tolist())
