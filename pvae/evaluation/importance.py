@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from pvae.infer.distributed import DistributedContext, derive_seed
 from pvae.infer.trace import (
     per_datum_log_weights,
     probe_max_plate_nesting,
@@ -127,6 +128,8 @@ def log_likelihood(
     max_elements: int = 20_000_000,
     progress: bool = False,
     datum_size: int | None = None,
+    seed: int | None = None,
+    distributed: DistributedContext | None = None,
 ) -> torch.Tensor:
     """Importance-sampled estimate of log p(x_n) for every datum, shape ``(N,)`` (nats).
 
@@ -143,6 +146,17 @@ def log_likelihood(
     parameters: pass ``fit``'s ``result.model`` and ``result.guide``. If the evaluation creates
     parameters in the current store (the functions themselves, outside ``result.params()``), a
     ``UserWarning`` names them and they are removed again.
+
+    With ``seed``, the samples of the ``j``-th batch of data are drawn from torch's generator
+    seeded with ``derive_seed(seed, j)`` (the caller's random state is restored): the estimate
+    is then the same however the batches are shared among processes. Without it (the default)
+    they come from torch's generator as it stands.
+
+    ``distributed`` (a :class:`~pvae.infer.distributed.DistributedContext`; every rank calls
+    with the same arguments) shares the batches among the ranks, each a contiguous block of
+    them, and gathers the per-datum results in order: every rank returns all ``N`` values,
+    equal to one process's with the same ``seed``. Without ``seed``, rank 0 draws one from
+    torch's generator for all. The progress bar is rank 0's (its share).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -163,6 +177,8 @@ def log_likelihood(
             max_elements,
             progress,
             datum_size,
+            seed,
+            distributed,
         )
 
 
@@ -177,20 +193,48 @@ def _log_likelihood(
     max_elements,
     progress,
     datum_size=None,
+    seed=None,
+    distributed=None,
 ) -> torch.Tensor:
     datum_size = max(1, datum_size or x[0].numel())
+    batches = list(_starts_and_sizes(x.shape[0], batch_size))
+    mine = list(enumerate(batches))
+    if distributed is not None and distributed.world_size > 1:
+        if seed is None:
+            seed = distributed.broadcast_object(int(torch.randint(2**62, (1,))))
+        blocks = [
+            _block(len(batches), r, distributed.world_size) for r in range(distributed.world_size)
+        ]
+        mine = mine[blocks[distributed.rank]]
+        progress = progress and distributed.is_main
+    else:
+        distributed = None
     results = []
-    bar = tqdm(total=x.shape[0], desc="log p(x)", unit="datum", disable=not progress)
-    for start, size in _starts_and_sizes(x.shape[0], batch_size):
+    total = sum(size for _, (_, size) in mine)
+    bar = tqdm(total=total, desc="log p(x)", unit="datum", disable=not progress)
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    for index, (start, size) in mine:
         xb = x[start : start + size]
         extra = tuple(a[start : start + size] for a in args)
         chunk = sample_batch_size or max(1, min(num_samples, max_elements // (size * datum_size)))
-        running = None
-        for _, k in _starts_and_sizes(num_samples, chunk):
-            log_w = _log_importance_weights(model, guide, xb, k, *extra, sample_batch_size=k)
-            part = torch.logsumexp(log_w, dim=0)
-            running = part if running is None else torch.logaddexp(running, part)
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(derive_seed(seed, index))
+            running = None
+            for _, k in _starts_and_sizes(num_samples, chunk):
+                log_w = _log_importance_weights(model, guide, xb, k, *extra, sample_batch_size=k)
+                part = torch.logsumexp(log_w, dim=0)
+                running = part if running is None else torch.logaddexp(running, part)
         results.append(running - math.log(num_samples))
         bar.update(size)
     bar.close()
-    return torch.cat(results)
+    if distributed is None:
+        return torch.cat(results)
+    local = torch.cat(results) if results else x.new_zeros(0, dtype=torch.get_default_dtype())
+    counts = [sum(size for _, size in batches[blocks[r]]) for r in range(distributed.world_size)]
+    return distributed.all_gather_rows(local, counts)
+
+
+def _block(count: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous block of ``count`` batches (balanced, as data shards)."""
+    return slice(rank * count // world_size, (rank + 1) * count // world_size)

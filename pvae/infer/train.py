@@ -4,12 +4,15 @@
 ``"dreg"``) or any Pyro ``ELBO``, with minibatch scaling read from the ``"data"`` plate, KL
 annealing, a learning-rate schedule, gradient clipping, validation and early stopping, callbacks
 (:mod:`pvae.infer.callbacks`), progress bars, and checkpoints written atomically every epoch (and
-every ``checkpoint_every`` steps) from which a killed run resumes bit for bit.
+every ``checkpoint_every`` steps) from which a killed run resumes bit for bit; under a
+``torch.distributed`` process group (``distributed=``, :mod:`pvae.infer.distributed`) across
+processes.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 import time
@@ -42,6 +45,12 @@ from pvae.infer.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+)
+from pvae.infer.distributed import (
+    DistributedContext,
+    GradientReducer,
+    derive_seed,
+    rank_seed,
 )
 from pvae.infer.objectives import ELBO, Objective, PyroObjective, make_objective
 from pvae.infer.trace import plate_scale
@@ -265,14 +274,32 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
-def _iterate(data: Any, batch_size: int, shuffle: bool, generator: torch.Generator) -> Iterable:
+def _iterate(
+    data: Any,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterable:
+    """One epoch of ``data``'s batches; with ``shard=(rank, world_size)`` this rank's share: a
+    dataset's ``batches(..., shard=)``, the rank's contiguous part of a tensor's permutation,
+    or every ``world_size``-th batch of a re-iterable of batches (a ``DataLoader``)."""
+    sharded = shard[1] > 1
     if hasattr(data, "batches"):
+        if sharded:
+            return data.batches(batch_size, shuffle=shuffle, generator=generator, shard=shard)
         return data.batches(batch_size, shuffle=shuffle, generator=generator)
     if isinstance(data, torch.Tensor):
         order = (
             torch.randperm(len(data), generator=generator) if shuffle else torch.arange(len(data))
         )
-        return (data[order[i : i + batch_size]] for i in range(0, len(data), batch_size))
+        if sharded:
+            from pvae.data.registry import shard_positions
+
+            order = order[shard_positions(len(data), shard)]
+        return (data[order[i : i + batch_size]] for i in range(0, len(order), batch_size))
+    if sharded:
+        return itertools.islice(data, shard[0], None, shard[1])
     return data
 
 
@@ -307,6 +334,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     valid_metrics: Callable[[], dict[str, float]] | None = None,
+    distributed: DistributedContext | None = None,
     **config_overrides: Any,
 ) -> FitResult:
     """Trains ``model``/``guide`` on ``train_data`` and returns a :class:`FitResult`.
@@ -344,6 +372,9 @@ def fit(
         valid_metrics: called without gradients after every epoch; the numbers it returns
             (``{"valid_accuracy": ...}``) join the epoch's record: the same as
             ``callbacks=[ValidMetrics(valid_metrics)]`` (before the other callbacks).
+        distributed: this process's :class:`~pvae.infer.distributed.DistributedContext`
+            when it is one rank of a process group (every rank calls ``fit`` with the same
+            arguments); ``None`` (or one process): a single process, as without it.
 
     Minibatch scaling comes from the ``"data"`` plate: each objective evaluation gets
     ``num_data=len(train_data)``, and a site in the plate is scaled by ``num_data / size`` of
@@ -359,7 +390,29 @@ def fit(
     ``fit`` seeds the global random generators with ``config.seed`` (as
     ``pyro.set_rng_seed``) for its own stream and restores the caller's states (``random``,
     numpy, torch, CUDA) when it returns or raises.
+
+    Under a process group of ``W`` ranks (``distributed``), ``config.batch_size`` is the global
+    batch (a multiple of ``W``; each rank's is ``batch_size / W``) and training computes what
+    one process would with global batches made of the ranks' batches: every rank draws the
+    same permutation of each epoch and takes its contiguous shard (a ``DataLoader``: every
+    ``W``-th batch); each step's gradient is the units-weighted average of the ranks'
+    (:class:`~pvae.infer.distributed.GradientReducer`), which with each rank's ``"data"``
+    plate scaled by ``N / its units`` is the one-process gradient of the global batch. Shares
+    differ by at most one unit, so a rank may run out of batches one step early: it then takes
+    zero-weighted steps (no forward pass, no units) until the others finish, so no data are
+    dropped and no rank waits in a collective the others never reach. Rank 0's parameters are
+    broadcast after the first pass; each rank's sampling generators are seeded from
+    ``config.seed`` and its rank (:func:`~pvae.infer.distributed.rank_seed`); validation is
+    sharded and its totals summed; the epoch's totals are all-reduced once, at its end; rank
+    0's epoch record (after the callbacks, which run on every rank) is every rank's, so the
+    ranks agree on the best epoch and early stopping. Rank 0 alone writes checkpoints and
+    shows progress bars; a checkpoint holds every rank's random states, so ``resume`` at the
+    same world size continues bit for bit, and at another world size continues correctly
+    (a mid-epoch checkpoint then restarts its epoch's data). Every rank reads the checkpoint
+    folder: on several machines it must be on a shared filesystem.
     """
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
     model, guide, param_state = _unbind(model, guide, param_state)
     config = config or TrainConfig()
     if config_overrides:
@@ -388,7 +441,9 @@ def fit(
         if config.kl_anneal_epochs > 0
         else []
     )
-    device = torch.device(config.device)
+    if distributed is not None:
+        _check_distributed(config, train_data, distributed)
+    device = torch.device(config.device) if distributed is None else distributed.device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
     modules = _owner_modules(model, guide)
@@ -413,14 +468,25 @@ def fit(
             batch_args=batch_args,
             device=device,
             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-            progress=progress,
+            progress=progress and (distributed is None or distributed.is_main),
             result=result,
+            distributed=distributed,
         )
         with pyro.get_param_store().scope(result.param_state):
             training.run(resume)
     result.model = BoundToParams(model, result.param_state)
     result.guide = BoundToParams(guide, result.param_state)
     return result
+
+
+def _check_distributed(config: TrainConfig, train_data: Any, ctx: DistributedContext) -> None:
+    """A global batch that the ranks can share evenly (a re-iterable of batches sets its own)."""
+    batched = hasattr(train_data, "batches") or isinstance(train_data, torch.Tensor)
+    if batched and config.batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} (the global batch) must be a multiple of the "
+            f"world size {ctx.world_size}"
+        )
 
 
 @contextmanager
@@ -464,8 +530,13 @@ class _Training:
         checkpoint_dir: Path | None,
         progress: bool,
         result: FitResult,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.model, self.guide = model, guide
+        self.dist = distributed
+        self.shard = distributed.shard if distributed is not None else (0, 1)
+        # Each rank's batch: the global batch shared by the ranks.
+        self.local_batch = config.batch_size // self.shard[1]
         self.train_data, self.valid_data = train_data, valid_data
         self.objective, self.config, self.callbacks = objective, config, callbacks
         self.modules, self.batch_args, self.device = modules, batch_args, device
@@ -483,7 +554,7 @@ class _Training:
             epoch=0,
             device=device,
             objective=objective,
-            steps_per_epoch=math.ceil(self.num_data / config.batch_size),
+            steps_per_epoch=math.ceil(math.ceil(self.num_data / self.shard[1]) / self.local_batch),
         )
         self.epoch_start_state: torch.Tensor | None = None  # the data generator's, for resumes
         self.resume_generator_state: torch.Tensor | None = None  # from checkpoint_last.pt
@@ -493,12 +564,16 @@ class _Training:
     def run(self, resume: bool) -> None:
         # The data stream has its own generator; the model's draws use the global ones, seeded
         # here (fit restores the caller's states afterwards).
+        # Under a process group the data generator is the same on every rank (one permutation
+        # per epoch, sharded), the sampling generators are the rank's own.
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        pyro.set_rng_seed(self.config.seed)
+        pyro.set_rng_seed(rank_seed(self.config.seed, *self.shard))
         self.start_time = time.perf_counter()
         modes = [module.training for module in self.modules]
         try:
             self._run(resume)
+            if self.dist is not None:  # rank 0's files are written before anyone reads them
+                self.dist.barrier()
         finally:
             for module, mode in zip(self.modules, modes, strict=True):
                 module.train(mode)
@@ -528,8 +603,10 @@ class _Training:
     def _probe(self) -> None:
         """One pass without gradients creates any pyro.param sites and checks the model."""
         config = self.config
+        # Unsharded on every rank (a rank's share may be empty): the same first batch, of
+        # the rank's batch size, creates the same parameters everywhere.
         first = to_device(
-            next(iter(_iterate(self.train_data, config.batch_size, False, self.generator))),
+            next(iter(_iterate(self.train_data, self.local_batch, False, self.generator))),
             self.device,
         )
         with torch.no_grad():
@@ -545,6 +622,12 @@ class _Training:
         self.params = _collect_params(self.modules)
         if not self.params:
             raise ValueError("the model and guide have no parameters to train")
+        self.reducer = None
+        if self.dist is not None:
+            # Every rank starts from rank 0's parameters and buffers.
+            buffers = [b for module in self.modules for b in module.buffers()]
+            self.dist.broadcast_tensors_([p.detach() for p in self.params] + buffers)
+            self.reducer = GradientReducer(self.dist, self.params)
         self.optimizer = torch.optim.Adam(
             self.params, lr=config.lr, betas=config.betas, eps=config.eps
         )
@@ -564,7 +647,34 @@ class _Training:
         start_epoch, skip_steps = payload["epoch"], payload.get("step", 0)
         self.resume_generator_state = payload.get("epoch_start_generator")
         resumed_totals = tuple(payload.get("epoch_totals") or (0.0, 0))
-        set_rng_state(payload["rng"], self.generator)
+        rank, world_size = self.shard
+        if payload.get("world_size", 1) == world_size:
+            if world_size > 1:  # this rank's own states and running totals
+                set_rng_state(payload["rank_rng"][rank], self.generator)
+                resumed_totals = tuple(payload["rank_epoch_totals"][rank])
+            else:
+                set_rng_state(payload["rng"], self.generator)
+        else:
+            # Another world size: the data stream continues (it is the same on every rank),
+            # each rank's sampling generators are seeded afresh from the seed, its rank and
+            # the position; rank 0 carries the epoch's running totals.
+            set_rng_state(payload["rng"], self.generator)
+            pyro.set_rng_seed(
+                derive_seed(self.config.seed, rank, world_size, start_epoch, skip_steps)
+            )
+            resumed_totals = resumed_totals if rank == 0 else (0.0, 0)
+            if skip_steps:
+                # The shards of another world size cannot skip what was seen: the epoch
+                # restarts from its beginning with the trained parameters.
+                warnings.warn(
+                    f"{path} was written mid-epoch by {payload.get('world_size', 1)} "
+                    f"process(es), not {world_size}: epoch {start_epoch + 1} restarts from "
+                    "its first step",
+                    stacklevel=2,
+                )
+                if self.resume_generator_state is not None:
+                    self.generator.set_state(self.resume_generator_state)
+                skip_steps, resumed_totals = 0, (0.0, 0)
         result.wall_time = payload.get("wall_time", 0.0)
         if payload.get("stopped_early") or start_epoch >= self.config.epochs:
             result.stopped_early = bool(payload.get("stopped_early"))
@@ -577,6 +687,20 @@ class _Training:
         if self.checkpoint_dir is None:
             return
         result, config = self.result, self.config
+        extra: dict[str, Any] = {}
+        epoch_totals = self.epoch_totals
+        if self.dist is not None:
+            # Every rank's random states and running totals (a collective: all ranks call
+            # _checkpoint at the same points); rank 0 writes them.
+            ranks = self.dist.gather_objects((rng_state(self.generator), self.epoch_totals))
+            if not self.dist.is_main:
+                return
+            extra = {
+                "world_size": self.dist.world_size,
+                "rank_rng": [states for states, _ in ranks],
+                "rank_epoch_totals": [totals for _, totals in ranks],
+            }
+            epoch_totals = (sum(t[0] for _, t in ranks), sum(t[1] for _, t in ranks))
         save_checkpoint(
             self.checkpoint_dir / path_name,
             {
@@ -598,7 +722,8 @@ class _Training:
                 "best_valid": result.best_valid,
                 "wall_time": result.wall_time + time.perf_counter() - self.start_time,
                 "stopped_early": stopped_early,
-                "epoch_totals": self.epoch_totals,
+                "epoch_totals": epoch_totals,
+                **extra,
             },
         )
 
@@ -606,9 +731,8 @@ class _Training:
         self, epoch: int, skip_steps: int, resumed_totals: tuple[float, int]
     ) -> tuple[float, int]:
         """The epoch's optimizer steps (after ``skip_steps`` already taken): returns the
-        bound summed over the epoch and the number of units it covers."""
+        bound summed over the epoch and the number of units it covers (over all ranks)."""
         config, generator, state = self.config, self.generator, self.state
-        objective, model, guide = self.objective, self.model, self.guide
         if skip_steps and self.resume_generator_state is not None:
             # Mid-epoch resume: replay the epoch's data stream up to where it stopped; the
             # generator ends in the state it had when the checkpoint was written.
@@ -618,15 +742,15 @@ class _Training:
         self._set_training(True)
         for callback in self.callbacks:
             callback.on_epoch_start(state)
-        batches = iter(_iterate(self.train_data, config.batch_size, True, generator))
+        batches = iter(_iterate(self.train_data, self.local_batch, True, generator, self.shard))
         for _ in range(skip_steps):
-            next(batches)
+            next(batches, None)  # a rank's share may be one batch shorter
         bound, seen = resumed_totals if skip_steps else (0.0, 0)
         # The running total stays on the device: the host reads it for the progress bar, at
         # mid-epoch checkpoints and at the end of the epoch, not after every step.
         total_bound = torch.tensor(bound, dtype=torch.float64, device=self.device)
         bar = tqdm(
-            batches,
+            batches if self.dist is None else None,
             total=state.steps_per_epoch,
             initial=skip_steps,
             desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -635,52 +759,119 @@ class _Training:
             leave=False,
         )
         step = skip_steps
-        for step, batch in enumerate(bar, start=skip_steps):
-            batch = to_device(batch, self.device)
-            state.step = step
+        if self.dist is not None:
+            step, seen = self._distributed_steps(epoch, skip_steps, batches, bar, total_bound, seen)
+        else:
+            for step, batch in enumerate(bar, start=skip_steps):
+                batch = to_device(batch, self.device)
+                state.step = step
+                for callback in self.callbacks:
+                    callback.on_step_start(state)
+                value = self._objective(epoch, step, batch)
+                if not torch.isfinite(value.loss):
+                    raise _diverged(epoch, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                value.loss.backward()
+                if config.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.params, config.clip_norm)
+                self.optimizer.step()
+                total_bound += torch.as_tensor(value.bound).detach()
+                seen += _units(value, batch, self.num_data)
+                if self.progress and step % 20 == 0:
+                    bar.set_postfix(bound=f"{float(total_bound) / seen:.2f}")
+                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+                    self.epoch_totals = (float(total_bound), seen)
+                    self._checkpoint(epoch, step + 1)
+        bar.close()
+        if not _all_finite(self.params):  # the epoch's last step may have diverged
+            raise _diverged(epoch, step)
+        if self.dist is not None:  # the epoch's totals, summed over the ranks once
+            total, units = self.dist.all_reduce_sum([float(total_bound), seen])
+            return total, int(units)
+        return float(total_bound), seen
+
+    def _objective(self, epoch: int, step: int, batch: Any) -> Any:
+        """The objective on one (device-side) batch, its validation errors as one line."""
+        try:
+            return self.objective(
+                self.model, self.guide, *self.batch_args(batch), num_data=self.num_data
+            )
+        except ValueError as error:
+            # Distribution validation: parameters that overflowed to inf/nan are a
+            # divergence; a value outside its support is a data or model error.
+            # Either way one line, not a tensor dump.
+            first = str(error).splitlines()[0] if str(error) else ""
+            invalid = "found invalid values" in first
+            if not _all_finite(self.params) or (invalid and first.startswith("Expected parameter")):
+                raise _diverged(epoch, step, first) from None
+            if invalid:
+                raise ValueError(
+                    f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
+                ) from None
+            raise
+
+    def _distributed_steps(
+        self,
+        epoch: int,
+        skip_steps: int,
+        batches: Iterator,
+        bar: Any,
+        total_bound: torch.Tensor,
+        seen: int,
+    ) -> tuple[int, int]:
+        """The epoch's steps in lockstep with the other ranks: every step all-reduces the
+        gradients once (:class:`GradientReducer`), with, in the same message, whether any rank
+        has another batch and whether any rank's loss is not finite. A rank whose share has
+        run out takes zero-weighted steps. Returns the last step and this rank's units."""
+        config, state = self.config, self.state
+        pending = next(batches, None)
+        # Does any rank have a batch at all? (None has after a checkpoint at the epoch's end.)
+        (anyone,) = self.dist.all_reduce_sum([pending is not None])
+        step, more = skip_steps, anyone > 0
+        last = skip_steps
+        while more:
+            batch, pending = pending, next(batches, None)  # one batch of lookahead
+            state.step = last = step
             for callback in self.callbacks:
                 callback.on_step_start(state)
-            try:
-                value = objective(model, guide, *self.batch_args(batch), num_data=self.num_data)
-            except ValueError as error:
-                # Distribution validation: parameters that overflowed to inf/nan are a
-                # divergence; a value outside its support is a data or model error.
-                # Either way one line, not a tensor dump.
-                first = str(error).splitlines()[0] if str(error) else ""
-                invalid = "found invalid values" in first
-                if not _all_finite(self.params) or (
-                    invalid and first.startswith("Expected parameter")
-                ):
-                    raise _diverged(epoch, step, first) from None
-                if invalid:
-                    raise ValueError(
-                        f"epoch {epoch + 1}, step {step + 1}: {first.rstrip(':')}"
-                    ) from None
-                raise
-            if not torch.isfinite(value.loss):
-                raise _diverged(epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
-            value.loss.backward()
+            value, units, finite = None, 0, True
+            if batch is not None:
+                batch = to_device(batch, self.device)
+                value = self._objective(epoch, step, batch)
+                finite = bool(torch.isfinite(value.loss))
+                if finite:
+                    value.loss.backward()
+                units = _units(value, batch, self.num_data)
+            _, (others, diverged) = self.reducer.reduce(units, (pending is not None, not finite))
+            if diverged:
+                raise _diverged(epoch, step)
             if config.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, config.clip_norm)
             self.optimizer.step()
-            total_bound += torch.as_tensor(value.bound).detach()
-            seen += _units(value, batch, self.num_data)
-            if self.progress and step % 20 == 0:
+            if value is not None:
+                total_bound += torch.as_tensor(value.bound).detach()
+                seen += units
+            bar.update(1)
+            if self.progress and step % 20 == 0 and seen:
                 bar.set_postfix(bound=f"{float(total_bound) / seen:.2f}")
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 self.epoch_totals = (float(total_bound), seen)
                 self._checkpoint(epoch, step + 1)
-        bar.close()
-        if not _all_finite(self.params):  # the epoch's last step may have diverged
-            raise _diverged(epoch, step)
-        return float(total_bound), seen
+            more = others > 0
+            step += 1
+        return last, seen
 
     def _end_of_epoch(self, epoch: int, total_bound: float, seen: int) -> bool:
         """The schedule, validation, callbacks, best checkpoint and the epoch's checkpoint;
         returns whether early stopping ends the run."""
         config, result, state = self.config, self.result, self.state
         self._set_training(False)  # validation and callbacks see the model as evaluated
+        if self.dist is not None:
+            # Buffers that training updates (batch norm statistics) are rank 0's everywhere.
+            buffers = [b for m in self.modules for b in m.buffers() if b.is_floating_point()]
+            if buffers:
+                self.dist.broadcast_tensors_(buffers)
         with warnings.catch_warnings():
             # A run resumed after its epoch's last step takes no optimizer step in this
             # epoch; the schedule still advances once per epoch, as uninterrupted.
@@ -702,11 +893,16 @@ class _Training:
                     config,
                     self.batch_args,
                     self.device,
+                    self.dist,
                 )
             )
         state.epoch = epoch
         for callback in self.callbacks:
             callback.on_epoch_end(state, record)
+        if self.dist is not None:
+            # The callbacks ran on every rank; rank 0's record decides for all (the best
+            # epoch, early stopping), so that the ranks stay in step.
+            record = self.dist.broadcast_object(record)
         result.history.append(record)
         monitored = record.get(config.monitor)
         if monitored is None and self.monitoring:
@@ -793,7 +989,11 @@ def _load_state(payload: dict, modules, optimizer, scheduler) -> None:
 
 
 @torch.no_grad()
-def _validate(model, guide, data, objective, config, batch_args, device) -> dict[str, float]:
+def _validate(
+    model, guide, data, objective, config, batch_args, device, distributed=None
+) -> dict[str, float]:
+    """The validation bound(s) per unit; under a process group each rank validates its shard
+    and the totals are summed."""
     # A Pyro ELBO may enumerate discrete sites, which pvae's ELBO refuses: validate with it.
     elbo = None if isinstance(objective, PyroObjective) else ELBO()
     use_training_bound = not (isinstance(objective, ELBO) and objective.num_particles == 1)
@@ -804,7 +1004,9 @@ def _validate(model, guide, data, objective, config, batch_args, device) -> dict
     except ValueError:
         num_data = None
     generator = torch.Generator().manual_seed(config.seed + 1)
-    for batch in _iterate(data, config.batch_size, False, generator):
+    shard = distributed.shard if distributed is not None else (0, 1)
+    batch_size = config.batch_size // shard[1] if shard[1] > 1 else config.batch_size
+    for batch in _iterate(data, batch_size, False, generator, shard):
         batch = to_device(batch, device)
         args = batch_args(batch)
         if elbo is not None:
@@ -816,6 +1018,9 @@ def _validate(model, guide, data, objective, config, batch_args, device) -> dict
             totals["valid_bound"] += float(value.bound)
             objective.beta = beta
         seen += _units(value, batch, num_data)
+    if distributed is not None:
+        *sums, seen = distributed.all_reduce_sum([*totals.values(), seen])
+        totals = dict(zip(totals, sums, strict=True))
     record = {k: v / max(seen, 1) for k, v in totals.items()}
     if elbo is None:
         del record["valid_elbo"]
