@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training images (smoke runs)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        help="train with N processes on this machine (starts `torchrun --nproc-per-node N -m "
+        "pvae.cli train ...`; --batch-size is the global batch, a multiple of N; with --device "
+        "cuda one GPU per process); several machines: run torchrun yourself",
+    )
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -354,11 +363,56 @@ _TRAIN_FLAGS = {
 }
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less ``--nproc N`` (or ``--nproc=N``, or an abbreviation argparse accepted)."""
+    rest, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if len(name) >= 4 and "--nproc".startswith(name):
+            skip = "=" not in token
+            continue
+        rest.append(token)
+    return rest
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``pvae train --nproc N``: the same command under ``torchrun`` with N processes on this
+    machine (a free port found by ``--standalone``); returns torchrun's exit code."""
+    import subprocess
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "pvae.cli",
+        *_without_nproc(args.argv),
+    ]
+    print(f"pvae train: starting {' '.join(command[1:])}", file=sys.stderr)
+    return subprocess.call(command)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from pvae.infer.distributed import from_env, launched_by_torchrun
     from pvae.infer.train import TrainConfig
     from pvae.models.registry import available_models
     from pvae.runs import TrainSpec, train_run
 
+    if args.nproc is not None and launched_by_torchrun():
+        raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
+    world_size = args.nproc or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if args.model != "list" and args.batch_size % world_size:
+        raise CLIError(
+            f"--batch-size {args.batch_size} is the global batch: it must be a multiple of the "
+            f"{world_size} processes"
+        )
+    if args.nproc is not None and args.nproc > 1 and args.model != "list":
+        return _launch_torchrun(args)
     if args.model == "list":
         print(_list_models())
         return 0
@@ -402,7 +456,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command="pvae " + " ".join(args.argv),
     )
-    metrics = train_run(spec)
+    with from_env(args.device) as distributed:
+        metrics = train_run(spec, distributed=distributed)
+    if distributed is not None and not distributed.is_main:
+        return 0  # rank 0 prints
     extra = "".join(f", {key} {value:.4f}" for key, value in metrics["model_metrics"].items())
     print(
         f"test NLL {metrics['test_nll']:.2f} +- {metrics['test_nll_stderr']:.2f} nats "
@@ -516,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from pvae.data.download import DataIntegrityError
     from pvae.infer.checkpoint import CheckpointError
+    from pvae.infer.distributed import DistributedError, env_world
     from pvae.infer.train import TrainingError
 
     user_errors = (
@@ -525,18 +583,25 @@ def main(argv: list[str] | None = None) -> int:
         CheckpointError,
         TrainingError,
         DataIntegrityError,
+        DistributedError,
     )
+    # Under torchrun, the other ranks' messages say whose they are.
+    try:
+        world = env_world()
+    except ValueError:
+        world = None
+    who = f"pvae {args.command}" + (f" [rank {world[0]}]" if world and world[0] > 0 else "")
     try:
         _check_device(args)
         return COMMANDS[args.command](args)
     except user_errors as error:
-        print(f"pvae {args.command}: error: {error}", file=sys.stderr)
+        print(f"{who}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
-        print(f"pvae {args.command}: error: {_os_error(error)}", file=sys.stderr)
+        print(f"{who}: error: {_os_error(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"pvae {args.command}: interrupted (resume training with --resume)", file=sys.stderr)
+        print(f"{who}: interrupted (resume training with --resume)", file=sys.stderr)
         return 130
 
 

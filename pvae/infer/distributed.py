@@ -332,6 +332,9 @@ class GradientReducer:
     ``flags``. Afterwards each gradient is ``sum_r units_r grad_r / sum_r units_r``; a
     parameter that no rank touched keeps ``grad = None`` (as one process would, so Adam skips
     it); a rank without a batch (units 0, no gradients) adds nothing.
+
+    The buckets are allocated once; the gradients are copied in after ``backward`` and the
+    averages copied back (no overlap with ``backward``: see ``benchmarks/distributed.py``).
     """
 
     def __init__(
@@ -345,59 +348,78 @@ class GradientReducer:
             bucket: list[int] = []
             size = 0
             for p in group:
-                index = position[id(p)]
                 nbytes = p.numel() * p.element_size()
                 if bucket and size + nbytes > bucket_bytes:
                     self.buckets.append(bucket)
                     bucket, size = [], 0
-                bucket.append(index)
+                bucket.append(position[id(p)])
                 size += nbytes
-            self.buckets.append(bucket)
-        # The counts (units, presence, flags) ride in the last bucket when its dtype holds
-        # integers exactly; otherwise in a float64 message of their own.
+            if bucket:
+                self.buckets.append(bucket)
+        # The counts (units, flags, one presence flag per parameter) ride at the end of the
+        # last bucket when its dtype holds them exactly; otherwise in a float64 message.
         last = self.params[self.buckets[-1][0]] if self.buckets else None
         self.meta_in_last = last is not None and last.dtype in (torch.float32, torch.float64)
+        self.comm_device = ctx._comm_device()
+        self._buffers: list[torch.Tensor] | None = None
+        self._num_flags: int | None = None
+
+    def _allocate(self, num_flags: int) -> list[torch.Tensor]:
+        meta_len = 1 + num_flags + len(self.params)
+        buffers = []
+        for i, bucket in enumerate(self.buckets):
+            numel = sum(self.params[j].numel() for j in bucket)
+            if i == len(self.buckets) - 1 and self.meta_in_last:
+                numel += meta_len
+            first = self.params[bucket[0]]
+            buffers.append(torch.empty(numel, dtype=first.dtype, device=self.comm_device))
+        if not self.meta_in_last:
+            buffers.append(torch.empty(meta_len, dtype=torch.float64, device=self.comm_device))
+        return buffers
 
     def reduce(self, units: float, flags: Sequence[float] = ()) -> tuple[float, list[float]]:
         """All-reduces the gradients in place; returns the global units and summed flags."""
-        ctx = self.ctx
+        if self._buffers is None or self._num_flags != len(flags):
+            self._buffers, self._num_flags = self._allocate(len(flags)), len(flags)
+        buffers = self._buffers
         meta = [
             float(units),
             *(float(f) for f in flags),
             *(0.0 if p.grad is None else 1.0 for p in self.params),
         ]
-        messages: list[torch.Tensor] = []
-        for i, bucket in enumerate(self.buckets):
-            first = self.params[bucket[0]]
-            flat = torch.cat(
-                [
-                    (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                    for p in (self.params[j] for j in bucket)
-                ]
-            )
-            if units != 1.0:
-                flat.mul_(units)
-            if i == len(self.buckets) - 1 and self.meta_in_last:
-                flat = torch.cat([flat, torch.tensor(meta, dtype=first.dtype, device=flat.device)])
-            messages.append(flat)
-        if not self.meta_in_last:
-            messages.append(torch.tensor(meta, dtype=torch.float64, device=ctx.device))
-        comm = [m.to(ctx._comm_device()) for m in messages]
-        with _collective("gradient all_reduce", ctx):
-            works = [dist.all_reduce(m, async_op=True) for m in comm]
-            for work in works:
-                work.wait()
-        reduced_meta = comm[-1][-len(meta) :].tolist()
-        total_units, flag_sums = reduced_meta[0], reduced_meta[1 : 1 + len(flags)]
-        present = reduced_meta[1 + len(flags) :]
-        for bucket, message, original in zip(self.buckets, comm, messages, strict=False):
-            message = message.to(original.device)
-            if total_units > 0:
-                message = message / total_units
+        for bucket, buffer in zip(self.buckets, buffers, strict=False):
             offset = 0
             for j in bucket:
                 p = self.params[j]
                 n = p.numel()
-                p.grad = message[offset : offset + n].view_as(p) if present[j] > 0 else None
+                if p.grad is None:
+                    buffer[offset : offset + n].zero_()
+                else:
+                    buffer[offset : offset + n].copy_(p.grad.reshape(-1))
+                offset += n
+            if units != 1.0:
+                buffer[:offset].mul_(units)
+        buffers[-1][-len(meta) :].copy_(torch.tensor(meta, dtype=torch.float64))
+        with _collective("gradient all_reduce", self.ctx):
+            works = [dist.all_reduce(buffer, async_op=True) for buffer in buffers]
+            for work in works:
+                work.wait()
+        reduced = buffers[-1][-len(meta) :].tolist()
+        total_units, flag_sums = reduced[0], reduced[1 : 1 + len(flags)]
+        present = reduced[1 + len(flags) :]
+        for bucket, buffer in zip(self.buckets, buffers, strict=False):
+            offset = 0
+            for j in bucket:
+                p = self.params[j]
+                n = p.numel()
+                if present[j] == 0:
+                    p.grad = None
+                else:
+                    value = buffer[offset : offset + n].view_as(p)
+                    if p.grad is None:
+                        p.grad = torch.empty_like(p)
+                    p.grad.copy_(value)
+                    if total_units > 0:
+                        p.grad.div_(total_units)
                 offset += n
         return total_units, flag_sums

@@ -37,12 +37,17 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     progress: bool = True,
     seed: int = 0,
+    distributed: Any = None,
 ) -> dict[str, Any]:
     """The importance-sampled NLL of ``data`` under ``model`` (``nll`` and ``nll_stderr``
     over data, nats) with K = ``num_samples``, and the model's own ``metrics(data)``.
 
     The importance samples are drawn from torch's generator seeded with ``seed`` (the
-    caller's random state is restored), so an evaluation is repeatable."""
+    caller's random state is restored), so an evaluation is repeatable. Under a process group
+    (``distributed``, a :class:`~pvae.infer.distributed.DistributedContext`) the data are
+    shared among the ranks and each batch's samples are seeded from ``seed`` and the batch
+    (``log_likelihood(..., seed=)``): repeatable at any world size, though not the numbers of
+    one process's single stream; every rank returns the whole result."""
     from pvae.evaluation import LogLikelihood, log_likelihood
 
     _check_count("num_samples", num_samples)
@@ -58,6 +63,7 @@ def evaluate_model(
             num_samples=num_samples,
             progress=progress,
             datum_size=datum_size,
+            **({"seed": seed, "distributed": distributed} if distributed is not None else {}),
         )
     estimate = LogLikelihood(values.cpu(), num_samples)
     result: dict[str, Any] = {

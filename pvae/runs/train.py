@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from pvae.infer.callbacks import Callback
+from pvae.infer.distributed import DistributedContext
 from pvae.runs.folder import (
     CHECKPOINTS,
     check_device,
@@ -153,29 +154,46 @@ def _check_objective(spec: TrainSpec) -> None:
         )
 
 
-def train_run(spec: TrainSpec) -> dict[str, Any]:
+def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) -> dict[str, Any]:
     """Trains, evaluates and reports the run ``spec`` into ``spec.run_dir``; returns its
     metrics (also in ``metrics.json``). With ``spec.resume`` a run continues from its last
     checkpoint; a run without one starts afresh.
 
     Everything is checked before the folder is written: the device, the folder, the data,
     and on resume the options against config.json (:func:`pvae.runs.folder.check_resume`)
-    and that ``checkpoint_last.pt`` loads. A failed check leaves the folder as it was."""
+    and that ``checkpoint_last.pt`` loads. A failed check leaves the folder as it was.
+
+    ``distributed``: this process's rank of a process group (``torchrun``; every rank calls
+    ``train_run`` with the same ``spec``). Training (:func:`pvae.infer.fit`) and the test NLL
+    are shared among the ranks; rank 0 alone checks and writes the run folder, prints and
+    shows progress bars, and writes the report. ``spec.train.batch_size`` is the global
+    batch. The run folder must be one that every rank reads (one machine, or a shared
+    filesystem)."""
+    from pvae.infer.distributed import main_first
     from pvae.infer.train import fit
     from pvae.models.registry import get_model_class
     from pvae.runs.evaluate import evaluate_model
     from pvae.runs.report import write_report
 
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
+    main = distributed is None or distributed.is_main
     cls = get_model_class(spec.model)  # an unknown name fails before any data is loaded
     if spec.eval_samples is None:
         spec = dataclasses.replace(spec, eval_samples=cls.default_eval_samples)
+    if not main:
+        spec = dataclasses.replace(spec, progress=False)
     device = spec.train.device
     check_device(device)
+    if distributed is not None:
+        device = distributed.device  # cuda:<local rank> under torchrun
     _check_objective(spec)
     out = spec.run_dir
     check_out_path(out)
-    check_not_occupied(out, spec.resume)
-    train, valid, test = load_splits(spec)
+    if main:
+        check_not_occupied(out, spec.resume)
+    with main_first(distributed):  # rank 0 downloads what is missing, then the others read
+        train, valid, test = load_splits(spec)
     if len(train) == 0:
         raise ValueError(
             f"dataset {spec.dataset!r} has no training data (its train split is empty)"
@@ -197,12 +215,15 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
         "num_labels": spec.num_labels,
         "command": spec.command,
     }
+    if distributed is not None:
+        config["world_size"] = distributed.world_size
     # Decided on the checkpoint, not on the flag: a run killed before its first
     # checkpoint, resumed, starts afresh and needs its initialisation.
     resuming = spec.resume and has_checkpoint(out)
-    if resuming:
+    if resuming and main:
         config = check_resume(out, config, load_last_checkpoint(out))
-    start_run(out, config)
+    if main:
+        start_run(out, config)
     position = Position()
     try:
         if not resuming:
@@ -229,6 +250,7 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             resume=resuming,
             progress=spec.progress,
             callbacks=callbacks,
+            distributed=distributed,
         )
         position.where = {"during": "evaluation"}
         model, _ = load_run(out, "best", device=device)
@@ -239,6 +261,7 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             device=device,
             progress=spec.progress,
             seed=spec.train.seed,
+            distributed=distributed,
         )
         model_metrics = {
             key: value
@@ -259,6 +282,8 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
             "train_wall_time": result.wall_time,
             "eval_wall_time": evaluation["eval_wall_time"],
         }
+        if not main:
+            return metrics
         position.where = {"during": "the report"}
         report_start = time.perf_counter()
         items = model.report_items(test, out, seed=spec.train.seed)
@@ -267,10 +292,12 @@ def train_run(spec: TrainSpec) -> dict[str, Any]:
         write_json(out / "metrics.json", metrics)
         set_status(out, "complete")
     except KeyboardInterrupt:
-        _record_status(out, "interrupted", **position.where, resume="pass --resume to continue")
+        if main:
+            _record_status(out, "interrupted", **position.where, resume="pass --resume to continue")
         raise
     except BaseException as error:
-        _record_status(out, "failed", error=f"{type(error).__name__}: {error}")
+        if main:
+            _record_status(out, "failed", error=f"{type(error).__name__}: {error}")
         raise
     return metrics
 

@@ -315,3 +315,33 @@ def test_environment_and_batch_checks(monkeypatch):
     with pytest.raises(ValueError, match="multiple of the world size"):
         fit(tiny.model, tiny.guide, tiny_data(8), batch_size=3, distributed=ctx, progress=False)
     assert issubclass(DistributedError, RuntimeError)
+
+
+def test_pvae_train_nproc_runs_torchrun_and_rank_0_alone_writes(tmp_path, data_dir):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "pvae.cli", "train", "--nproc", "2", "--dataset", "binarized_mnist",
+        "--train-size", "60", "--epochs", "1", "--batch-size", "20", "--hidden", "16",
+        "--latent-dim", "2", "--eval-samples", "4", "--eval-size", "20", "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "PVAE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test NLL") == 1  # rank 0 prints, rank 1 does not
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and "--nproc" not in config["command"]
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    saved = load_checkpoint(out / "checkpoints" / LAST)
+    assert saved["world_size"] == 2 and saved["config"]["batch_size"] == 20
+
+
+def test_nproc_is_removed_from_the_command_torchrun_repeats():
+    from pvae.cli import _without_nproc
+
+    argv = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "--npr", "4", "--no-progress"]
+    assert _without_nproc(argv) == ["train", "--epochs", "1", "--no-progress"]
