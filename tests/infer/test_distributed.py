@@ -3,6 +3,7 @@
 import math
 import multiprocessing
 import os
+import shutil
 import socket
 import traceback
 
@@ -276,12 +277,22 @@ def test_a_killed_rank_fails_the_others_and_resume_continues_bit_for_bit(tmp_pat
     failed = launch(run("part", crash_at=6), 2, tmp_path, expect_failure=(0, 1))
     assert "DistributedError" in failed[0]["error"] and "--resume" in failed[0]["error"]
     assert load_checkpoint(tmp_path / "part" / LAST)["epoch"] == 1
+    shutil.copytree(tmp_path / "part", tmp_path / "alone")
     resumed = launch(run("part"), 2, tmp_path)
     for (params, history), (full_params, full_history) in zip(resumed, uninterrupted, strict=True):
         assert [h["epoch"] for h in history] == [1, 2, 3]
         assert [h["train_bound"] for h in history] == [h["train_bound"] for h in full_history]
         for key, value in full_params.items():
             assert torch.equal(params[key], value), key
+    # One process resumes the two's mid-epoch checkpoint: its epoch restarts, nothing is lost.
+    tiny = Tiny(stochastic=True)
+    with pytest.warns(UserWarning, match="restarts from its first step"):
+        alone = fit(
+            tiny.model, tiny.guide, x, checkpoint_dir=tmp_path / "alone", resume=True, **common
+        )
+    assert [h["epoch"] for h in alone.history] == [1, 2, 3]
+    first = uninterrupted[0][1][0]
+    assert alone.history[0]["train_bound"] == first["train_bound"]  # from the checkpoint
 
 
 def test_units_weighted_gradients_and_seeds(tmp_path):
@@ -345,3 +356,17 @@ def test_nproc_is_removed_from_the_command_torchrun_repeats():
 
     argv = ["train", "--nproc", "2", "--epochs", "1", "--nproc=3", "--npr", "4", "--no-progress"]
     assert _without_nproc(argv) == ["train", "--epochs", "1", "--no-progress"]
+
+
+def test_a_dataloader_is_shared_by_batches(tmp_path):
+    # A re-iterable of batches: each rank takes every other batch (5 batches: 3 and 2 steps).
+    x = tiny_data(10)
+    loader = torch.utils.data.DataLoader(x, batch_size=2)
+
+    def train(ctx):
+        tiny = Tiny()
+        result = fit(tiny.model, tiny.guide, loader, epochs=1, progress=False, distributed=ctx)
+        return params_of(tiny), result.history[0]["train_bound"]
+
+    (params0, bound0), (params1, bound1) = launch(train, 2, tmp_path)
+    assert bound0 == bound1 and all(torch.equal(params0[k], params1[k]) for k in params0)
