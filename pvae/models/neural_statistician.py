@@ -429,7 +429,7 @@ class HomoEncoder(NeuralStatistician):
     evaluated, like it, by the per-set likelihood of ``model``/``guide``.
 
     Options (:class:`HomoEncoderConfig`): the Neural Statistician's, ``support_size`` k and
-    ``set_weight_size`` |X|.
+    ``set_weight_size`` ``|X|``.
     """
 
     Config = HomoEncoderConfig
@@ -437,7 +437,7 @@ class HomoEncoder(NeuralStatistician):
 
     def vhe_model(self, x: torch.Tensor) -> None:
         """The generative story with one context per target element, its density weighted by
-        1/|X|: ``p(c_i)^(1/|X|) p(z_i | c_i) p(x_i | z_i, c_i)``."""
+        ``1/|X|``: ``p(c_i)^(1/|X|) p(z_i | c_i) p(x_i | z_i, c_i)``."""
         self._check_input(x)
         num_sets, set_size = x.shape[:2]
         with pyro.plate("data", num_sets, dim=-2), pyro.plate("elements", set_size, dim=-1):
@@ -448,7 +448,7 @@ class HomoEncoder(NeuralStatistician):
 
     def vhe_guide(self, x: torch.Tensor) -> None:
         """q(c_i | D_i) from a support subset ``D_i`` of the other members of the set (redrawn
-        for every target and every call), weighted by 1/|X|; then q(z_i | x_i, c_i)."""
+        for every target and every call), weighted by ``1/|X|``; then q(z_i | x_i, c_i)."""
         self._check_input(x)
         num_sets, set_size = x.shape[:2]
         if set_size < 2:
