@@ -58,6 +58,12 @@ CONFIGS = {
         {"kl_anneal_schedule": "cyclical", "kl_anneal_cycles": 1},
     ),
     "vae_word_dropout": ("sentence_vae", {"word_dropout": 0.3}, {"kl_anneal_schedule": "logistic"}),
+    "vae_inputless": ("sentence_vae", {"inputless": True}, {"kl_anneal_schedule": "logistic"}),
+    "vmf_k80_inputless": (
+        "vmf_text_vae",
+        {"kappa": 80.0, "inputless": True},
+        {"kl_anneal_epochs": 0.0},
+    ),
     "vmf_k35": ("vmf_text_vae", {"kappa": 35.0}, {"kl_anneal_epochs": 0.0}),
     "vmf_k80": ("vmf_text_vae", {"kappa": 80.0}, {"kl_anneal_epochs": 0.0}),
 }
@@ -72,6 +78,8 @@ PAPERS = [
     ("Xu & Durrett 2018 Table 3", "RNNLM", 100.0, None, 114.0),
     ("Xu & Durrett 2018 Table 3", "Gaussian VAE", 99.0, 4.4, 109.0),
     ("Xu & Durrett 2018 Table 3", "vMF VAE (kappa 80)", 96.0, 5.7, 98.0),
+    ("Xu & Durrett 2018 Table 3", "Gaussian VAE, inputless", 125.0, 6.3, 379.0),
+    ("Xu & Durrett 2018 Table 3", "vMF VAE, inputless", 117.0, 18.6, 262.0),
 ]
 
 
