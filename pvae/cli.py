@@ -501,9 +501,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from pvae.runs import sample_run
 
-    path = sample_run(
-        args.run_dir, num=args.num, seed=args.seed, out=args.out, checkpoint=args.checkpoint
-    )
+    try:
+        path = sample_run(
+            args.run_dir, num=args.num, seed=args.seed, out=args.out, checkpoint=args.checkpoint
+        )
+    except NotImplementedError as error:  # a model of p(y | x) only (text_classifier)
+        raise CLIError(str(error)) from None
     if path.suffix == ".txt":  # sentences: show them, then say where they are
         print(path.read_text(encoding="utf-8"), end="")
     print(path)
