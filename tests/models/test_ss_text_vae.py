@@ -338,3 +338,29 @@ def test_confusion_matrix_figure(tmp_path):
         plot_confusion_matrix(torch.ones(2, 3), tmp_path / "d.png")
     with pytest.raises(ValueError, match="1 class names for 2 classes"):
         plot_confusion_matrix(counts, tmp_path / "e.png", class_names=["a"])
+
+
+def test_pvae_sample_refuses_the_classifier_in_one_line(tmp_path, capsys):
+    from pvae.cli import main
+    from pvae.infer.train import TrainConfig
+    from pvae.runs import TrainSpec, train_run
+
+    out = tmp_path / "run"
+    spec = TrainSpec(
+        model="text_classifier",
+        dataset="sst2",
+        model_options={"embed_dim": 4, "hidden_dim": 4},
+        train=TrainConfig(epochs=1, batch_size=32, seed=0),
+        train_size=64,
+        eval_samples=1,
+        eval_size=10,
+        num_labels=20,
+        out=out,
+        progress=False,
+    )
+    with pyro.settings.context(module_local_params=True):
+        metrics = train_run(spec)
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_nll"] > 0
+    assert (out / "confusion_matrix.png").exists()
+    assert main(["sample", str(out)]) != 0
+    assert "cannot draw sentences" in capsys.readouterr().err
