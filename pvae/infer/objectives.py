@@ -58,6 +58,9 @@ class Objective:
     """Base class. ``beta`` weights the latent terms (KL annealing, beta-VAE)."""
 
     name = "objective"
+    #: whether ``beta`` weights the latent terms (KL annealing needs it); Pyro's ELBOs and the
+    #: importance-weighted bounds have no KL term to weight
+    weights_latents = False
     #: the Pyro ELBO that scores the pair, if any: its semantics decide which sites may be
     #: missing from the guide (:func:`pvae.infer.trace.check_site_match`)
     pyro_elbo: PyroELBO | None = None
@@ -108,6 +111,8 @@ def _check_reparameterized(guide_trace) -> None:
 class ELBO(Objective):
     """The evidence lower bound E_q[log p(x, z) - log q(z | x)] [1].
 
+    ``beta`` weights the latent terms (``weights_latents``): KL annealing and the beta-VAE.
+
     With ``analytic_kl=True`` the latent terms of a site are replaced by
     ``-KL(q(z_s | .) || p(z_s | pa_s))`` wherever a KL is registered and valid: every model
     parent of ``z_s`` is sampled before ``z_s`` in the guide (found once with
@@ -115,6 +120,7 @@ class ELBO(Objective):
     """
 
     name = "elbo"
+    weights_latents = True
 
     def __init__(self, num_particles: int = 1, analytic_kl: bool = True) -> None:
         super().__init__(num_particles)

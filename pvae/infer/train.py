@@ -418,6 +418,12 @@ def fit(
     if config_overrides:
         config = TrainConfig(**{**asdict(config), **config_overrides})
     objective = make_objective(objective, num_particles)
+    if config.kl_anneal_epochs > 0 and not objective.weights_latents:
+        raise ValueError(
+            f"KL annealing (kl_anneal_epochs={config.kl_anneal_epochs}) weights the ELBO's KL "
+            f"term; the objective {objective.name} has none that it could weight (it would "
+            "train unannealed): use pvae's ELBO or set kl_anneal_epochs=0"
+        )
     user_callbacks = [
         *([ValidMetrics(valid_metrics)] if valid_metrics is not None else []),
         *callbacks,

@@ -266,3 +266,23 @@ def test_kl_annealing_follows_the_schedule_step_by_step():
     for cycles in (0, 1.5, True):
         with pytest.raises(ValueError, match="cycles"):
             KLAnnealing(1.0, "cyclical", cycles=cycles)
+
+
+@pytest.mark.parametrize("objective", ["iwae", "pyro"])
+def test_kl_annealing_refuses_an_objective_without_a_weighted_kl(objective):
+    """Pyro's ELBOs (M2's and the SSVAE's objectives) and IWAE ignore beta: annealing them
+    would silently train the plain bound."""
+    import pyro
+
+    vae = small_vae()
+    chosen = pyro.infer.Trace_ELBO() if objective == "pyro" else objective
+    with pytest.raises(ValueError, match="KL annealing .* has none that it could weight"):
+        fit(
+            vae.model,
+            vae.guide,
+            small_data(),
+            objective=chosen,
+            epochs=1,
+            progress=False,
+            kl_anneal_epochs=1.0,
+        )
