@@ -9,6 +9,7 @@ from pathlib import Path
 ORDER = [
     "throughput",
     "throughput_text",
+    "distributed",
     "mnist_nll",
     "distributions",
     "zoo",
