@@ -152,6 +152,8 @@ class TextClassifier(TextModel):
     Config = TextClassifierConfig
     config: TextClassifierConfig
     data_keys = ("vocabulary", "num_classes")
+    default_eval_samples = 1  # no latent: the classification NLL is exact
+    exact_likelihood = True
 
     def __init__(self, config: TextClassifierConfig | None = None, **options: Any) -> None:
         super().__init__(config, **options)

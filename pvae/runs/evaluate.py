@@ -47,10 +47,20 @@ def evaluate_model(
     (``distributed``, a :class:`~pvae.infer.distributed.DistributedContext`) the data are
     shared among the ranks and each batch's samples are seeded from ``seed`` and the batch
     (``log_likelihood(..., seed=)``): repeatable at any world size, though not the numbers of
-    one process's single stream; every rank returns the whole result."""
+    one process's single stream; every rank returns the whole result. The model is evaluated
+    in evaluation mode (no dropout) and left in the mode it had."""
+    _check_count("num_samples", num_samples)
+    mode = model.training
+    model.eval()  # dropout and word dropout off: the model as it is evaluated
+    try:
+        return _evaluate_model(model, data, num_samples, device, progress, seed, distributed)
+    finally:
+        model.train(mode)
+
+
+def _evaluate_model(model, data, num_samples, device, progress, seed, distributed):
     from pvae.evaluation import LogLikelihood, log_likelihood
 
-    _check_count("num_samples", num_samples)
     start = time.perf_counter()
     args = to_device(tuple(model.eval_args(whole_batch(data))), device)
     datum_size = model.eval_datum_size(args)
