@@ -29,7 +29,9 @@ the same per-set likelihood.
 
 Few-shot classification (Algorithm 4 of [1]): for each class ``k``, ``q(c | D_k)`` of its
 support set; for each query, ``q(c | x)`` of the set ``{x}``; the class whose context is
-closest, ``argmin_k KL(q(c | x) || q(c | D_k))``.
+closest, ``argmin_k KL(q(c | x) || q(c | D_k))`` (or, option ``few_shot_kl``, the other
+order, that of the k-shot script built on the authors' group's reimplementation; measured in
+``benchmarks/results/ns_context.md``).
 
 References:
     [1] Edwards, Storkey. Towards a Neural Statistician. ICLR 2017. arXiv:1606.02185
@@ -76,8 +78,28 @@ class NeuralStatisticianConfig(ModelConfig):
     likelihood: str = option(
         "bernoulli", "bernoulli or continuous_bernoulli (images in [0, 1]), or normal (reals)"
     )
+    sample_dropout: float = option(
+        0.0,
+        "in training, the probability of leaving each member of a set (all but one, kept at "
+        "random) out of q(c | X)'s pooled mean, so the statistic network also learns from "
+        "small subsets, as a few-shot episode's singletons; 0: off",
+        convert=float,
+    )
+    few_shot_kl: str = option(
+        "query_to_class",
+        "few-shot rule: query_to_class, argmin_k KL(q(c | x) || q(c | D_k)); or "
+        "class_to_query, argmin_k KL(q(c | D_k) || q(c | x)) (the order of the k-shot "
+        "script of the authors' group's reimplementation)",
+    )
 
     def validate(self) -> None:
+        if self.few_shot_kl not in ("query_to_class", "class_to_query"):
+            raise ValueError(
+                "few_shot_kl must be 'query_to_class' or 'class_to_query', "
+                f"got {self.few_shot_kl!r}"
+            )
+        if not 0.0 <= self.sample_dropout < 1.0:
+            raise ValueError(f"sample_dropout must be in [0, 1), got {self.sample_dropout}")
         for name in ("context_dim", "latent_dim", "latent_layers", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -153,7 +175,8 @@ class NeuralStatistician(Model):
 
     Options (:class:`NeuralStatisticianConfig`): ``context_dim`` C, ``latent_dim`` Z,
     ``latent_layers`` L, ``hidden`` (width), ``architecture`` (``mlp`` or ``conv``),
-    ``activation``, ``likelihood``.
+    ``activation``, ``likelihood``, ``sample_dropout`` (train q(c | X) on random subsets),
+    ``few_shot_kl`` (the order of the KL in Algorithm 4).
 
     Shapes: ``model(x)``/``guide(x)`` take sets ``x`` ``(B, S, *input_shape)``; site ``"c"``
     is ``(B, 1, C)``, sites ``"z1"``..``"zL"`` ``(B, S, Z)``.
@@ -218,13 +241,26 @@ class NeuralStatistician(Model):
         self._check_input(x)
         num_sets, set_size = x.shape[:2]
         h = self.features(self._flat(x))  # (B, S, H)
-        loc, scale = self.statistic(h.mean(-2))
+        loc, scale = self.statistic(self._pool(h))
         with pyro.plate("data", num_sets, dim=-2):
             c = pyro.sample("c", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
             with pyro.plate("elements", set_size, dim=-1):
                 self._infer_latents(h, c)
 
     # -- pieces of the story ------------------------------------------------------------------
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        """The mean of the members' features ``(..., S, H)`` over the set; in training with
+        ``sample_dropout`` p, over a random subset: each member left out with probability p,
+        one member chosen uniformly always kept. Every subset's ``q(c | subset)`` is a valid
+        guide, so the bound stays a bound on log p(X)."""
+        p = self.config.sample_dropout
+        if not self.training or p == 0.0 or h.shape[-2] == 1:
+            return h.mean(-2)
+        keep = torch.rand(h.shape[:-1], device=h.device) >= p  # (..., S)
+        kept = torch.randint(h.shape[-2], (*h.shape[:-2], 1), device=h.device)
+        keep = keep.scatter(-1, kept, True).to(h.dtype)
+        return (h * keep.unsqueeze(-1)).sum(-2) / keep.sum(-1, keepdim=True)
+
     def _latents_given_context(self, c: torch.Tensor, set_size: int) -> list[torch.Tensor]:
         """Samples z1..zL from p(z | c) for ``set_size`` elements (inside the plates); ``c`` is
         one context per set ``(..., B, 1, C)`` or one per element ``(..., B, S, C)``."""
@@ -278,11 +314,14 @@ class NeuralStatistician(Model):
     @torch.no_grad()
     def classify_episode(self, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Algorithm 4 of [1]: ``support`` ``(k, n, *input_shape)``, ``query`` ``(q, *input_shape)``;
-        returns for each query the class ``argmin_k KL(q(c | x) || q(c | D_k))``."""
+        returns for each query the class ``argmin_k KL(q(c | x) || q(c | D_k))``, or with
+        ``few_shot_kl="class_to_query"`` ``argmin_k KL(q(c | D_k) || q(c | x))``."""
         classes = self.context_posterior(support)  # (k, C)
         queries = self.context_posterior(query.unsqueeze(1))  # (q, C)
         q = dist.Normal(queries.loc.unsqueeze(1), queries.scale.unsqueeze(1))  # (q, 1, C)
         p = dist.Normal(classes.loc.unsqueeze(0), classes.scale.unsqueeze(0))  # (1, k, C)
+        if self.config.few_shot_kl == "class_to_query":
+            q, p = p, q
         kl = torch.distributions.kl_divergence(q, p).sum(-1)  # (q, k)
         return kl.argmin(-1)
 
@@ -412,6 +451,11 @@ class HomoEncoderConfig(NeuralStatisticianConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.sample_dropout != 0.0:
+            raise ValueError(
+                "the homoencoder takes no sample_dropout: its bound already infers each "
+                "context from a random support subset (support_size)"
+            )
         if self.support_size < 1:
             raise ValueError(f"support_size must be >= 1, got {self.support_size}")
         if self.set_weight_size is not None and self.set_weight_size < 1:

@@ -156,12 +156,14 @@ def test_shared_context_model_scores_whole_sets():
     assert values.shape == (4,) and torch.isfinite(values).all()
 
 
-def test_one_shot_query_equal_to_its_support_is_classified_as_its_class():
+@pytest.mark.parametrize("order", ["query_to_class", "class_to_query"])
+def test_one_shot_query_equal_to_its_support_is_classified_as_its_class(order):
     """Algorithm 4 with one shot: a query identical to a class's only support member has
-    KL 0 to that class's context, so it is assigned that class whatever the weights."""
+    KL 0 to that class's context (in either order), so it is assigned that class whatever
+    the weights."""
     with pyro.settings.context(module_local_params=True):
         torch.manual_seed(0)
-        model = NeuralStatistician(**TINY)
+        model = NeuralStatistician(**TINY, few_shot_kl=order)
         support = _binary_sets(5, 1, seed=5)
         predicted = model.classify_episode(support, support[:, 0])
     assert torch.equal(predicted, torch.arange(5))
@@ -185,3 +187,86 @@ def test_few_shot_benchmark_runs_in_its_smoke_setting(data_dir, tmp_path):
     table = out.read_text()
     for task in ("omniglot 5-way 1-shot", "MNIST 10-way 5-shot", "test NLL per set"):
         assert task in table
+
+
+def test_sample_dropout_infers_the_context_from_a_random_subset_in_training_only():
+    """With ``sample_dropout`` p the training guide's q(c | X) is the statistic network of the
+    mean over a random non-empty subset of the members (each of the S - 1 members besides a
+    kept one left out with probability p: on average 1 + (S - 1)(1 - p) members); in eval
+    mode it is q(c | X) of the whole set, as ``context_posterior``."""
+    import itertools
+
+    with pyro.settings.context(module_local_params=True):
+        torch.manual_seed(0)
+        model = NeuralStatistician(**TINY, sample_dropout=0.5)
+        x = _binary_sets(400, 4, seed=6)
+        with torch.no_grad():
+            h = model.features(model._flat(x))  # (N, S, H)
+            masks = torch.tensor(
+                [m for m in itertools.product((0.0, 1.0), repeat=4) if sum(m) > 0]
+            )  # (15, S)
+            means = (masks @ h) / masks.sum(-1, keepdim=True)  # (N, 15, H)
+            subset_locs = model.statistic(means)[0]  # (N, 15, C)
+            pyro.set_rng_seed(3)
+            trained = poutine.trace(model.guide).get_trace(x).nodes["c"]["fn"].base_dist.loc
+            distance = (trained[:, 0].unsqueeze(1) - subset_locs).abs().amax(-1)  # (N, 15)
+            assert bool((distance.min(1).values < 1e-5).all())
+            kept = masks.sum(-1)[distance.argmin(1)]
+            assert float(kept.mean()) == pytest.approx(2.5, abs=0.25)
+            assert float(kept.min()) == 1.0 and float(kept.max()) == 4.0
+            model.eval()
+            evaluated = poutine.trace(model.guide).get_trace(x).nodes["c"]["fn"].base_dist.loc
+            assert torch.allclose(evaluated[:, 0], model.context_posterior(x).loc)
+            # the bound stays finite with the subsets' contexts
+            model.train()
+            assert torch.isfinite(ELBO()(model.model, model.guide, x[:8]).bound)
+
+
+def test_sample_dropout_is_a_probability_and_not_a_homoencoder_option():
+    with pytest.raises(ValueError, match="sample_dropout"):
+        NeuralStatistician(**TINY, sample_dropout=1.0)
+    with pytest.raises(ValueError, match="sample_dropout"):
+        HomoEncoder(**TINY, sample_dropout=0.5)
+
+
+def test_few_shot_kl_orders_the_kl_of_algorithm_4():
+    """``few_shot_kl`` picks argmin_k KL(q(c | x) || q(c | D_k)) or argmin_k
+    KL(q(c | D_k) || q(c | x)): each equals its definition computed from the posteriors, and
+    the two orders disagree on some queries of random sets."""
+    kl = torch.distributions.kl_divergence
+    with pyro.settings.context(module_local_params=True):
+        predictions = {}
+        for order in ("query_to_class", "class_to_query"):
+            torch.manual_seed(0)
+            model = NeuralStatistician(**TINY, few_shot_kl=order)
+            support, query = _binary_sets(6, 3, seed=7), _binary_sets(200, 1, seed=8)[:, 0]
+            predictions[order] = model.classify_episode(support, query)
+            classes = model.context_posterior(support)
+            queries = model.context_posterior(query.unsqueeze(1))
+            qx = dist.Normal(queries.loc.unsqueeze(1), queries.scale.unsqueeze(1))
+            qd = dist.Normal(classes.loc.unsqueeze(0), classes.scale.unsqueeze(0))
+            pair = (qx, qd) if order == "query_to_class" else (qd, qx)
+            assert torch.equal(predictions[order], kl(*pair).sum(-1).argmin(-1))
+    assert not torch.equal(predictions["query_to_class"], predictions["class_to_query"])
+    with pytest.raises(ValueError, match="few_shot_kl"):
+        NeuralStatistician(**TINY, few_shot_kl="symmetric")
+
+
+@pytest.mark.slow
+def test_context_benchmark_runs_in_its_smoke_setting(data_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "ns_context.py"
+    out = tmp_path / "ns_context.md"
+    done = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--variants", "base,dropout", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = out.read_text()
+    for heading in ("## base", "## dropout", "KL_c/set", r"5w1s KL(D\|\|x)", "5w1s ELBO"):
+        assert heading in table
