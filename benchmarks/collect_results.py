@@ -17,9 +17,11 @@ ORDER = [
     "svae_sweep_30_epochs",
     "m2_accuracy",
     "few_shot",
+    "ns_context",
     "acn",
     "text_ptb",
     "ss_text",
+    "ss_text_full_data",
     "diagnostics",
 ]
 
