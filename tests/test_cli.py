@@ -815,6 +815,12 @@ BAD_INPUTS = [
     _case("kl-anneal-nan", ["train", "--kl-anneal", "nan", "--out", "{out}"], "--kl-anneal"),
     _case("kl-anneal-negative", ["train", "--kl-anneal", "-1", "--out", "{out}"], "--kl-anneal"),
     _case("clip-norm-inf", ["train", "--clip-norm", "inf", "--out", "{out}"], "--clip-norm"),
+    # M2 trains with Pyro's ELBOs (its own objective): no KL weight for annealing to change.
+    _case(
+        "kl-anneal-m2",
+        ["train", "--model", "m2", "--kl-anneal", "1", "--out", "{out}"],
+        "no KL weight to anneal",
+    ),
 ]
 
 

@@ -154,6 +154,20 @@ def _check_objective(spec: TrainSpec) -> None:
         )
 
 
+def _check_annealing(spec: TrainSpec, objective: Any) -> None:
+    """A model that brings its own objective (M2, the SSVAE: Pyro's ELBOs) cannot be annealed:
+    say so before the run folder is written, not from inside ``fit``."""
+    from pvae.infer.objectives import make_objective
+
+    if objective is None or spec.train.kl_anneal_epochs <= 0:
+        return
+    if not make_objective(objective, 1).weights_latents:
+        raise ValueError(
+            f"--kl-anneal: {spec.model} trains with its own objective "
+            f"({type(objective).__name__}), which has no KL weight to anneal; drop --kl-anneal"
+        )
+
+
 def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) -> dict[str, Any]:
     """Trains, evaluates and reports the run ``spec`` into ``spec.run_dir``; returns its
     metrics (also in ``metrics.json``). With ``spec.resume`` a run continues from its last
@@ -201,6 +215,7 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
     data_options = train.model_options()
     model = build_run_model(spec, data_options)
     setup = model.training_setup(train, valid, num_labels=spec.num_labels, seed=spec.train.seed)
+    _check_annealing(spec, setup.get("objective"))
     config = {
         "model": spec.model,
         "dataset": spec.dataset,
