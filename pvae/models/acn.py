@@ -29,8 +29,16 @@ Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the 
   diagonal Gaussians (``components``; one component is a Gaussian, whose KL is analytic; the
   mixture's is estimated by Monte Carlo, which pvae's ELBO does by itself).
 - **Sampling** draws the first code ``z'`` from the unconditional ``Normal(0, I)``, then
-  ``z ~ p(z | z')``, and decodes. (The paper's "daydream" chains, which re-encode each sample
-  and condition the next on its code, are a later step.)
+  ``z ~ p(z | z')``, and decodes.
+- **Daydreaming** (:meth:`ACN.daydream`, [1] Sec. 3.3): from a code ``c_0`` (a training
+  datum's, from the memory), repeat ``z_t ~ p(z | c_t)``, ``x_t = E[x | z_t]``,
+  ``c_{t+1} = E_q[z | x_t]`` (the guide's mean code of the new image, as in the paper: the
+  chain re-encodes its own samples, it does not snap to the nearest memory code). The run's
+  report shows a few chains.
+- **The cost of the compression order** (:func:`chain_coding_cost`): the ELBO code length of
+  a data set sent in a nearest-neighbour chain order (:func:`neighbour_chain`), each code
+  under the prior given its predecessor's code, beside the same data coded independently
+  under the unconditional prior.
 - A model without a memory (fresh, never trained) uses ``Normal(0, I)`` as its prior.
 
 .. note:: Evaluation (``eval_args``: no indices) bounds ``log p(x | c_m(x))``, the nearest
@@ -56,7 +64,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -65,13 +74,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvae.infer.callbacks import Callback, TrainState
-from pvae.models.base import ints, option
+from pvae.models.base import ReportItem, ints, option
 from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
 from pvae.nets import GaussianMLP, mlp, numel
 
-__all__ = ["ACN", "ACNConfig", "ConditionalPrior", "MemoryRefresh", "nearest_neighbours"]
+__all__ = [
+    "ACN",
+    "ACNConfig",
+    "ChainCost",
+    "ConditionalPrior",
+    "Daydream",
+    "MemoryRefresh",
+    "chain_coding_cost",
+    "nearest_neighbours",
+    "neighbour_chain",
+]
 
 
 # -- the neighbour search -----------------------------------------------------------------------
@@ -177,6 +196,16 @@ class ConditionalPrior(nn.Module):
         loc, scale = loc.gather(-2, pick).squeeze(-2), scale.gather(-2, pick).squeeze(-2)
         eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         return loc + scale * eps
+
+
+# -- daydreams ------------------------------------------------------------------------------
+class Daydream(NamedTuple):
+    """Chains of :meth:`ACN.daydream`: ``images`` ``(n, steps, *input_shape)`` (``x_1 ..
+    x_steps``, mean images) and ``codes`` ``(n, steps + 1, D)`` (``c_0 .. c_steps``; ``c_0``
+    the start, ``c_t`` the guide's mean code of ``x_t``)."""
+
+    images: torch.Tensor
+    codes: torch.Tensor
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -344,6 +373,75 @@ class ACN(StandardNormalPrior):
         z = self.conditional_prior.sample(first, generator)
         return self.likelihood.mean(self.decode_logits(z))
 
+    @torch.no_grad()
+    def daydream(
+        self,
+        start: torch.Tensor | int,
+        steps: int,
+        generator: torch.Generator | None = None,
+    ) -> Daydream:
+        """Daydream chains ([1] Sec. 3.3), one per start::
+
+            c_0 given;   for t = 1 .. steps:
+                z_t ~ p(z | c_{t-1}),   x_t = E[x | z_t],   c_t = mu_phi(x_t)
+
+        The next code is the guide's mean code of the decoded image (the paper encodes its
+        samples; it does not replace them by the nearest memory code). The images are the
+        decoder's mean images (``sample``'s), not draws from ``p(x | z)``.
+
+        :param start: the first codes: int64 indices ``(n,)`` (or one int) of training data
+            in the memory, or codes ``(n, D)`` (floating point).
+        :param steps: images per chain, ``>= 1``.
+        :param generator: draws ``z_t`` (component, then Gaussian noise).
+        :return: :class:`Daydream`: ``images`` ``(n, steps, *input_shape)``, ``codes``
+            ``(n, steps + 1, D)`` with ``codes[:, 0]`` the start codes.
+        """
+        if steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps}")
+        start = torch.as_tensor(start, device=self.memory.device)
+        if start.is_floating_point():
+            if start.dim() != 2 or start.shape[-1] != self.latent_dim:
+                raise ValueError(
+                    f"start codes must have shape (n, {self.latent_dim}), got {tuple(start.shape)}"
+                )
+            code = start.to(self.memory.dtype)
+        else:
+            if self.memory.shape[0] == 0:
+                raise ValueError("ACN's memory is empty: start from codes, or train first")
+            code = self.memory[start.reshape(-1)]
+        codes, images = [code], []
+        for _ in range(steps):
+            z = self.conditional_prior.sample(code, generator)
+            image = self.likelihood.mean(self.decode_logits(z))
+            code = self.encode_mean(image)
+            images.append(image)
+            codes.append(code)
+        return Daydream(torch.stack(images, 1), torch.stack(codes, 1))
+
+    def report_items(self, test: Any, out: Path, seed: int = 0) -> list[ReportItem]:
+        """The image models' samples and reconstructions and, with a memory, 8 daydream chains
+        of 10 steps from random training codes (first column: the decoded start code)."""
+        items = super().report_items(test, out, seed)
+        if self.memory.shape[0] == 0:
+            return items
+        from pvae.figures import image_grid
+
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randperm(self.memory.shape[0], generator=generator)[:8]
+        chains = self.daydream(start, 10, generator)
+        with torch.no_grad():
+            first = self.likelihood.mean(self.decode_logits(chains.codes[:, 0]))
+        rows = torch.cat([first.unsqueeze(1), chains.images], 1).cpu()
+        image_grid(rows.reshape(-1, *self.input_shape), out / "daydreams.png", nrow=11)
+        items.append(
+            ReportItem(
+                "Daydreams (one row a chain; first column: a training code decoded; then "
+                "z ~ p(z | c), decode, re-encode to the next c)",
+                "daydreams.png",
+            )
+        )
+        return items
+
     def training_setup(self, train: Any, valid: Any = None, **options: Any) -> dict[str, Any]:
         """A memory of ``len(train)`` codes; the training data as ``(x, y, index)`` batches
         (:class:`~pvae.data.indexed.IndexedDataset`) and the :class:`MemoryRefresh` callback."""
@@ -411,3 +509,116 @@ class MemoryRefresh(Callback):
 
     def on_epoch_end(self, state: TrainState, record: dict[str, float]) -> None:
         self.refresh(state.epoch + 1)
+
+
+# -- the cost of the compression order ----------------------------------------------------------
+@torch.no_grad()
+def neighbour_chain(codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """A greedy nearest-neighbour order of ``codes`` ``(N, D)``: from row ``start``, each next
+    row is the nearest (Euclidean) row not yet in the chain (ties: the lowest index).
+
+    ``N`` steps of ``O(N D)`` each, memory ``O(N)``: no ``N x N`` matrix.
+
+    :return: int64 ``(N,)``, a permutation of ``0 .. N - 1`` beginning with ``start``.
+    """
+    num = codes.shape[0]
+    if not 0 <= start < num:
+        raise ValueError(f"start must index one of the {num} codes, got {start}")
+    order = torch.empty(num, dtype=torch.int64, device=codes.device)
+    visited = torch.zeros(num, dtype=torch.bool, device=codes.device)
+    current = torch.tensor(start, device=codes.device)
+    for t in range(num):
+        order[t] = current
+        visited[current] = True
+        if t + 1 < num:
+            distance = (codes - codes[current]).pow(2).sum(-1).masked_fill(visited, float("inf"))
+            current = distance.argmin()
+    return order
+
+
+@dataclass(frozen=True)
+class ChainCost:
+    """Per-datum code lengths (nats, ``(N,)`` tensors, in the data's order) of
+    :func:`chain_coding_cost`, with ``order`` the transmission order (int64 ``(N,)``)."""
+
+    order: torch.Tensor
+    #: ``E_q[-log p(x_n | z)]``, the same in both codes
+    reconstruction: torch.Tensor
+    #: ``KL(q(z | x_n) || p(z | c_pred(n)))``; the first datum's against ``Normal(0, I)``
+    kl_chain: torch.Tensor
+    #: ``KL(q(z | x_n) || Normal(0, I))``
+    kl_independent: torch.Tensor
+
+    @property
+    def chain_nats(self) -> float:
+        """Nats per datum of the data set sent in ``order``."""
+        return float((self.reconstruction + self.kl_chain).mean())
+
+    @property
+    def independent_nats(self) -> float:
+        """Nats per datum of every datum coded on its own under ``Normal(0, I)``."""
+        return float((self.reconstruction + self.kl_independent).mean())
+
+
+@torch.no_grad()
+def chain_coding_cost(
+    model: ACN,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 10,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    batch_size: int = 1000,
+) -> ChainCost:
+    """The ELBO code length of the data ``x`` ``(N, *input_shape)`` sent as a sequence in a
+    nearest-neighbour chain order, beside the same data coded independently ([1] Sec. 2 and
+    issue 15's "compression view").
+
+    With ``c_n = mu_phi(x_n)`` the guide's mean codes, the order ``pi`` is
+    :func:`neighbour_chain` ``(c, start)``, and datum ``pi_t`` costs (bits-back coding)::
+
+        L_t = E_{q(z | x_n)}[-log p(x_n | z)] + KL(q(z | x_n) || p(z | c_{pi_{t-1}})),  n = pi_t
+
+    with ``p(z | c_{pi_0}) := Normal(0, I)`` for the first; the independent code uses
+    ``Normal(0, I)`` for every datum. The receiver decodes ``x_{pi_{t-1}}`` before ``x_{pi_t}``
+    and re-encodes it to ``c_{pi_{t-1}}``, so the conditioning costs nothing; the order itself
+    costs nothing when the data are a set (any order recovers the set; to restore the
+    original order add ``log N!``). Both expectations are Monte Carlo estimates from the same
+    ``num_samples`` draws ``z ~ q(z | x_n)`` per datum (the mixture prior's KL has no closed
+    form): ``KL ~ mean_s [log q(z_s | x_n) - log p(z_s | c)]``.
+
+    :return: :class:`ChainCost`: per-datum terms in the data's order, and ``order``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    device = model.prior_loc.device
+    x = x.to(device)
+    locs, scales = zip(
+        *(model.encode(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)),
+        strict=True,
+    )
+    loc, scale = torch.cat(locs), torch.cat(scales)
+    order = neighbour_chain(loc, start)
+    first = order[0]
+    predecessor = torch.full_like(order, -1)  # predecessor[n]: the datum sent just before n
+    predecessor[order[1:]] = order[:-1]
+    predecessor[first] = first  # a placeholder: the first datum's prior is Normal(0, I)
+    reconstruction, kl_chain, kl_independent = [], [], []
+    for i in range(0, x.shape[0], batch_size):
+        rows = torch.arange(i, min(i + batch_size, x.shape[0]), device=device)
+        q = dist.Normal(loc[rows], scale[rows]).to_event(1)
+        eps = torch.randn(
+            (num_samples, len(rows), model.latent_dim), generator=generator, dtype=loc.dtype
+        ).to(device)
+        z = loc[rows] + scale[rows] * eps
+        log_q = q.log_prob(z)
+        log_px = model.likelihood(model.decode_logits(z)).log_prob(x[rows])
+        log_p0 = model.prior().log_prob(z)
+        log_pc = model.conditional_prior(loc[predecessor[rows]]).log_prob(z)
+        log_pc = torch.where(rows == first, log_p0, log_pc)
+        reconstruction.append(-log_px.mean(0))
+        kl_chain.append((log_q - log_pc).mean(0))
+        kl_independent.append((log_q - log_p0).mean(0))
+    return ChainCost(
+        order, torch.cat(reconstruction), torch.cat(kl_chain), torch.cat(kl_independent)
+    )

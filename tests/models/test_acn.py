@@ -13,7 +13,13 @@ import torch
 from pvae.data.images import ImageDataset
 from pvae.data.indexed import IndexedDataset
 from pvae.infer.callbacks import TrainState
-from pvae.models.acn import ACN, ConditionalPrior, nearest_neighbours
+from pvae.models.acn import (
+    ACN,
+    ConditionalPrior,
+    chain_coding_cost,
+    nearest_neighbours,
+    neighbour_chain,
+)
 
 
 def _brute_force(queries, memory, k, exclude=None):
@@ -224,3 +230,132 @@ def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
     resumed = run(tmp_path / "part", seed=99, resume=True)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+# -- daydreams ----------------------------------------------------------------------------------
+def _trained_memory_acn(n=20):
+    data = _tiny_data(n)
+    model = _tiny_acn()
+    model.training_setup(data, seed=0)
+    model.refresh_memory(data)
+    return model
+
+
+def test_daydream_shapes_start_and_determinism():
+    model = _trained_memory_acn()
+    start = torch.tensor([3, 0, 7])
+    chains = model.daydream(start, 5, torch.Generator().manual_seed(0))
+    assert chains.images.shape == (3, 5, 1, 4, 4)
+    assert chains.codes.shape == (3, 6, 2)
+    assert torch.equal(chains.codes[:, 0], model.memory[start])
+    assert torch.isfinite(chains.images).all() and torch.isfinite(chains.codes).all()
+    again = model.daydream(start, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(chains.images, again.images) and torch.equal(chains.codes, again.codes)
+    other = model.daydream(start, 5, torch.Generator().manual_seed(1))
+    assert not torch.equal(chains.codes, other.codes)
+    # Each next code is the guide's mean code of the image just decoded.
+    with torch.no_grad():
+        torch.testing.assert_close(chains.codes[:, 1:], model.encode_mean(chains.images))
+
+
+def test_daydream_from_codes_and_a_single_index():
+    model = _trained_memory_acn()
+    codes = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    chains = model.daydream(codes, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(chains.codes[:, 0], codes) and chains.images.shape == (2, 3, 1, 4, 4)
+    one = model.daydream(4, 2, torch.Generator().manual_seed(0))
+    assert one.codes.shape == (1, 3, 2) and torch.equal(one.codes[0, 0], model.memory[4])
+    with pytest.raises(ValueError, match="steps"):
+        model.daydream(codes, 0)
+    with pytest.raises(ValueError, match="memory is empty"):
+        _tiny_acn().daydream(torch.tensor([0]), 2)
+
+
+def test_daydream_chains_stay_finite_over_many_steps():
+    model = _trained_memory_acn()
+    chains = model.daydream(torch.arange(20), 50, torch.Generator().manual_seed(0))
+    assert torch.isfinite(chains.codes).all()
+    assert torch.all((chains.images >= 0) & (chains.images <= 1))
+
+
+def test_report_shows_daydreams(tmp_path):
+    model = _trained_memory_acn()
+    items = model.report_items(_tiny_data(10), tmp_path, seed=0)
+    assert any(item.path == "daydreams.png" for item in items)
+    assert (tmp_path / "daydreams.png").stat().st_size > 0
+    fresh = _tiny_acn().report_items(_tiny_data(10), tmp_path, seed=0)
+    assert not any(item.path == "daydreams.png" for item in fresh)
+
+
+# -- the cost of the compression order ----------------------------------------------------------
+def _greedy_reference(codes, start):
+    distances = torch.cdist(codes.double(), codes.double())
+    order, left = [start], set(range(len(codes))) - {start}
+    while left:
+        current = order[-1]
+        nxt = min(left, key=lambda m: (distances[current, m].item(), m))
+        order.append(nxt)
+        left.remove(nxt)
+    return torch.tensor(order)
+
+
+@pytest.mark.parametrize("start", [0, 17])
+def test_neighbour_chain_is_the_greedy_nearest_neighbour_order(start):
+    codes = torch.randn(40, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    order = neighbour_chain(codes, start)
+    assert torch.equal(order, _greedy_reference(codes, start))
+    assert torch.equal(order.sort().values, torch.arange(40))
+    with pytest.raises(ValueError, match="start"):
+        neighbour_chain(codes, 40)
+
+
+def test_chain_cost_equals_independent_cost_under_a_standard_normal_conditional_prior():
+    """A prior network that outputs Normal(0, I) whatever z' makes the two codes equal."""
+    model = _tiny_acn()
+    last = model.conditional_prior.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        m, d = model.config.components, model.latent_dim
+        last.bias[m + m * d :] = math.log(math.e - 1) - 0.0  # softplus(raw) = 1
+    x = _tiny_data(15).images
+    cost = chain_coding_cost(model, x, num_samples=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cost.kl_chain, cost.kl_independent, atol=1e-3, rtol=0)
+    assert abs(cost.chain_nats - cost.independent_nats) < 1e-3
+
+
+def test_chain_cost_terms_against_a_reference_loop():
+    """One-component prior: the KL terms against the analytic KL of each datum to the prior
+    given its predecessor's code (the first to Normal(0, I)); determinism with a generator."""
+    torch.manual_seed(0)
+    model = ACN(
+        input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], components=1
+    ).double()
+    x = _tiny_data(12).images.double()
+    cost = chain_coding_cost(
+        model, x, num_samples=20_000, generator=torch.Generator().manual_seed(0), start=5
+    )
+    again = chain_coding_cost(
+        model, x, num_samples=20_000, generator=torch.Generator().manual_seed(0), start=5
+    )
+    assert torch.equal(cost.kl_chain, again.kl_chain)
+    with torch.no_grad():
+        loc, scale = model.encode(x)
+    assert torch.equal(cost.order, neighbour_chain(loc, 5)) and cost.order[0] == 5
+    q = torch.distributions.Normal(loc, scale)
+    for t, n in enumerate(cost.order.tolist()):
+        if t == 0:
+            prior = torch.distributions.Normal(torch.zeros(2), torch.ones(2))
+        else:
+            with torch.no_grad():
+                _, p_loc, p_scale = model.conditional_prior.parameters_of(loc[cost.order[t - 1]])
+            prior = torch.distributions.Normal(p_loc[0], p_scale[0])
+        expected = torch.distributions.kl_divergence(
+            torch.distributions.Normal(q.loc[n], q.scale[n]), prior
+        ).sum()
+        assert abs(cost.kl_chain[n].item() - expected.item()) < 0.05 * (1 + expected.item())
+    expected_independent = torch.distributions.kl_divergence(
+        q, torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
+    torch.testing.assert_close(cost.kl_independent, expected_independent, atol=0.05, rtol=0.05)
+    assert torch.all(cost.reconstruction > 0)
