@@ -31,3 +31,6 @@ __all__ += [
 from pvae.evaluation.ladder import BoundLadder, LadderRow, bound_ladder, iwae_bounds  # noqa: E402
 
 __all__ += ["BoundLadder", "LadderRow", "bound_ladder", "iwae_bounds"]
+from pvae.evaluation.mmd import mmd  # noqa: E402
+
+__all__ += ["mmd"]
