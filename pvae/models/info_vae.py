@@ -26,15 +26,18 @@ the unbiased U-statistic (:func:`pvae.evaluation.mmd.mmd`; kernels ``rbf`` or ``
 
 Which settings are which objective (``mmd_weight = alpha + lambda - 1``):
 
-=================================  ======================================================
-``alpha = 0, lambda = 1``          the ELBO (the VAE)
-``alpha = 1 - beta, lambda = beta``  the beta-VAE (MMD weight 0) [1, Sec. 4]
-``alpha = 0, lambda > 1``          the ELBO plus ``(lambda - 1)`` MMD (the default here)
-``alpha -> 1, lambda = 1``         MMD-VAE: reconstruction and MMD, no KL [1]
-=================================  ======================================================
+=========================================  ==============================================
+``alpha = 0, mmd_lambda = 1``              the ELBO (the VAE)
+``alpha = 1 - beta, mmd_lambda = beta``    the beta-VAE (MMD weight 0)
+``alpha = 0, mmd_lambda > 1``              the ELBO plus ``(mmd_lambda - 1)`` MMD (default:
+                                           ``mmd_lambda = 1000``, an unverified choice)
+``alpha -> 1, mmd_lambda = 1``             MMD-VAE: reconstruction and MMD, no KL [1]
+=========================================  ==============================================
 
 ``alpha = 1`` itself (no KL at all) is refused: Pyro's ``poutine.scale`` needs a positive
-scale, and the bound then reported would not be one; use ``alpha`` close to 1. Weights that
+scale; use ``alpha`` close to 1. The training value is the beta-VAE objective with
+``beta = 1 - alpha``, a lower bound on ``log p(x)`` only for ``alpha <= 0``;
+``log_likelihood`` (unscaled sites, no MMD factor) is unaffected. Weights that
 make the MMD weight negative (``alpha + lambda < 1``, e.g. ``alpha = 0.5, lambda = 0.03``)
 are refused too: they would push ``q(z)`` *away* from the prior.
 
