@@ -26,7 +26,7 @@ import torch
 
 from pvae.data.registry import UNLABELLED
 
-__all__ = ["UNLABELLED", "SemiSupervisedData"]
+__all__ = ["UNLABELLED", "SemiSupervisedData", "labelled_or_unlabelled"]
 
 
 class SemiSupervisedData:
@@ -145,3 +145,21 @@ class SemiSupervisedData:
         moved.dataset = self.dataset.to(device)
         moved.labelled_set = self.labelled_set.to(device)
         return moved
+
+
+def labelled_or_unlabelled(batch: Any, owner: str) -> tuple[torch.Tensor, ...]:
+    """A semi-supervised model's arguments for one batch: ``(x, y)`` when every unit is
+    labelled, ``(x,)`` when none is (labels :data:`UNLABELLED`); ``ValueError`` naming
+    ``owner`` for a mixed batch (:class:`SemiSupervisedData` never makes one)."""
+    if not isinstance(batch, (tuple, list)):
+        return (batch,)
+    x, y = batch[0], batch[1]
+    unlabelled = y == UNLABELLED
+    if bool(unlabelled.all()):
+        return (x,)
+    if bool(unlabelled.any()):
+        raise ValueError(
+            f"{owner} batches must be all labelled or all unlabelled (-1); build them with "
+            "pvae.data.semisupervised.SemiSupervisedData"
+        )
+    return x, y

@@ -45,7 +45,7 @@ import pyro.poutine as poutine
 import torch
 from torch.nn import functional as F
 
-from pvae.data.semisupervised import UNLABELLED
+from pvae.data.semisupervised import UNLABELLED, labelled_or_unlabelled
 from pvae.models.base import ints, option
 from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
@@ -149,18 +149,7 @@ class M2(StandardNormalPrior):
     # -- labels ---------------------------------------------------------------------------
     def batch_args(self, batch: Any) -> tuple[torch.Tensor, ...]:
         """``(x, y)`` for an all-labelled batch, ``(x,)`` for an all-unlabelled one (labels -1)."""
-        if not isinstance(batch, (tuple, list)):
-            return (batch,)
-        x, y = batch[0], batch[1]
-        unlabelled = y == UNLABELLED
-        if bool(unlabelled.all()):
-            return (x,)
-        if bool(unlabelled.any()):
-            raise ValueError(
-                "M2 batches must be all labelled or all unlabelled (-1); build them with "
-                "pvae.data.semisupervised.SemiSupervisedData"
-            )
-        return x, y
+        return labelled_or_unlabelled(batch, "M2")
 
     def eval_args(self, batch: Any) -> tuple[torch.Tensor]:
         """``(x,)``: evaluation bounds log p(x), with y summed out (or sampled)."""

@@ -67,7 +67,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pvae.data.registry import UNLABELLED
+from pvae.data.semisupervised import labelled_or_unlabelled
 from pvae.models.base import ReportItem, option
 from pvae.models.registry import register_model
 from pvae.models.text import TextConfig, TextModel
@@ -78,7 +78,7 @@ from pvae.models.text_classifier import (
     confusion_report,
 )
 from pvae.nets.mlp import GaussianHead
-from pvae.nets.recurrent import SentenceDecoder, SentenceEncoder, lengths_of
+from pvae.nets.recurrent import SentenceDecoder, SentenceEncoder
 
 DECODER_CONDITIONS = ("label", "both")
 UNLABELLED_ESTIMATORS = ("enumerate", "sample_ema", "sample_vimco")
@@ -367,23 +367,12 @@ class SSTextVAE(TextModel):
     # -- data, training and metrics ---------------------------------------------------------------
     def batch_args(self, batch: Any) -> tuple[torch.Tensor, ...]:
         """``(x, y)`` for an all-labelled batch, ``(x,)`` for an all-unlabelled one (-1)."""
-        if not isinstance(batch, (tuple, list)):
-            return (batch,)
-        x, y = batch[0], batch[1]
-        unlabelled = y == UNLABELLED
-        if bool(unlabelled.all()):
-            return (x,)
-        if bool(unlabelled.any()):
-            raise ValueError(
-                "ss_text_vae batches must be all labelled or all unlabelled (-1); build them "
-                "with pvae.data.semisupervised.SemiSupervisedData"
-            )
-        return x, y
+        return labelled_or_unlabelled(batch, "ss_text_vae")
 
     def eval_args(self, batch: Any) -> tuple[torch.Tensor]:
         """``(x,)`` ordered by length: evaluation bounds log p(x), y summed out (sampled)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return (x[torch.argsort(lengths_of(x), stable=True)],)
+        return self.by_length(x)
 
     def training_setup(
         self, train: Any, valid: Any = None, *, num_labels: int = 100, seed: int = 0, **_: Any

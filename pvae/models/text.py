@@ -113,9 +113,13 @@ class TextModel(Model):
     def eval_args(self, batch: Any) -> tuple:
         """The sentences ordered by length, so the evaluator's consecutive batches pad little
         (an order-free mean; per-datum values come back in this order)."""
-        (x,) = self.batch_args(batch)
+        return self.by_length(*self.batch_args(batch))
+
+    @staticmethod
+    def by_length(x: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``x`` and ``others`` (labels) reordered by the sentences' lengths (stable)."""
         order = torch.argsort(lengths_of(x), stable=True)
-        return (x[order],)
+        return (x[order], *(other[order] for other in others))
 
     def eval_datum_size(self, args: tuple) -> int:
         return int(args[0].shape[-1]) * self.vocab_size

@@ -189,9 +189,7 @@ class TextClassifier(TextModel):
 
     def eval_args(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` ordered by length: evaluation scores log p(y | x)."""
-        x, y = self.batch_args(batch)
-        order = torch.argsort(lengths_of(x), stable=True)
-        return x[order], y[order]
+        return self.by_length(*self.batch_args(batch))
 
     def eval_datum_size(self, args: tuple) -> int:
         return int(args[0].shape[-1]) * self.config.hidden_dim
