@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbcells import notebook_from
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "03_evaluating_and_diagnosing.ipynb"
 
@@ -347,15 +347,7 @@ display(Image(os.path.join(out, "diagnostics_interpolations.png")))""",
 
 
 def build() -> nbformat.NotebookNode:
-    cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
-    notebook = new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {
-        "display_name": "Python 3",
-        "language": "python",
-        "name": "python3",
-    }
-    notebook.metadata["language_info"] = {"name": "python"}
-    return notebook
+    return notebook_from(CELLS)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbcells import notebook_from
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "04_text_vaes.ipynb"
 
@@ -514,15 +514,7 @@ many more epochs (below).""",
 
 
 def build() -> nbformat.NotebookNode:
-    cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
-    notebook = new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {
-        "display_name": "Python 3",
-        "language": "python",
-        "name": "python3",
-    }
-    notebook.metadata["language_info"] = {"name": "python"}
-    return notebook
+    return notebook_from(CELLS)
 
 
 if __name__ == "__main__":
