@@ -87,10 +87,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- measurements ----------------------------------------------------------------------------
-def _posterior(model, sets: torch.Tensor) -> Normal:
-    return model.context_posterior(sets)
-
-
 @torch.no_grad()
 def _element_terms(model, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """KL_z (all layers) and log p(x | c, z) with z at q's mean, for elements ``x``
@@ -113,10 +109,10 @@ def _element_terms(model, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tenso
 def context_diagnostics(model, sets: torch.Tensor) -> dict[str, float]:
     """KL_c per set and per singleton, active context dims, KL_z and -log p(x|c,z) per
     element (c at q(c | X)'s mean) on held-out sets ``(N, S, *event)``."""
-    q = _posterior(model, sets)
+    q = model.context_posterior(sets)
     prior = Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))
     kl_c = kl_divergence(q, prior).sum(-1)
-    single = _posterior(model, sets[:, :1])
+    single = model.context_posterior(sets[:, :1])
     kl_single = kl_divergence(single, prior).sum(-1)
     active = int((q.loc.var(0) > 0.01).sum())
     kl_z, log_px = _element_terms(model, sets, q.loc.unsqueeze(1))
@@ -137,8 +133,8 @@ def rule_scores(
 ) -> dict[str, torch.Tensor]:
     """Each rule's scores ``(q, k)`` (higher: that class) for one episode; the ELBO rule (a
     decoder pass per query and class) only with ``elbo``."""
-    classes = _posterior(model, support)  # (k, C)
-    queries = _posterior(model, query.unsqueeze(1))  # (q, C)
+    classes = model.context_posterior(support)  # (k, C)
+    queries = model.context_posterior(query.unsqueeze(1))  # (q, C)
     qx = Normal(queries.loc.unsqueeze(1), queries.scale.unsqueeze(1))
     qd = Normal(classes.loc.unsqueeze(0), classes.scale.unsqueeze(0))
     scores = {
