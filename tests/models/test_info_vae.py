@@ -67,7 +67,10 @@ def test_mmd_matches_the_closed_form_for_gaussians(seed, dim, shift, s1, s2, h):
         y = s2 * torch.randn(16, dim, generator=generator, dtype=torch.float64) + shift
         return mmd(x, y, bandwidth=h)
 
-    mean, stderr = _repeated(draw)
+    # The U-statistic is right-skewed at n = 16, so a 400-draw mean and its sample standard
+    # error can miss together (seed 3: z = -5.0); at 4,000 draws the t-statistic is close to
+    # normal (|z| <= 2.3 over seeds 0-39) and the 4-standard-error bound holds at any seed.
+    mean, stderr = _repeated(draw, repeats=4000)
     expected = _gaussian_rbf_mmd(shift, s1, s2, dim, h)
     assert expected > 0
     assert abs(mean - expected) < 4 * stderr, (mean, expected, stderr)
