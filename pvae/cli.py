@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="registered model name (`pvae train --model list` lists them with their options)",
     )
     train.add_argument(
-        "--dataset", default="mnist", help="dataset name: mnist, binarized_mnist or omniglot"
+        "--dataset",
+        default="mnist",
+        help="registered dataset name (`pvae train --dataset list` lists them)",
     )
     train.add_argument("--epochs", type=_positive_int, default=10, help="training epochs")
     train.add_argument(
@@ -333,6 +335,16 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _list_datasets() -> str:
+    from pvae.data.registry import DATASETS, available_datasets
+
+    lines = []
+    for name in available_datasets():
+        spec = DATASETS[name]
+        lines.append(f"{name}: {spec.description} (splits: {', '.join(spec.splits)})")
+    return "\n".join(lines)
+
+
 def _list_models() -> str:
     from pvae.models.registry import available_models, get_model_class
 
@@ -415,6 +427,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _launch_torchrun(args)
     if args.model == "list":
         print(_list_models())
+        return 0
+    if args.dataset == "list":
+        print(_list_datasets())
         return 0
     if args.model not in available_models():
         raise CLIError(f"unknown model {args.model!r}; available: {', '.join(available_models())}")

@@ -135,6 +135,77 @@ def image_grid(
     return _save(fig, path, tight=False)
 
 
+def plot_point_sets(
+    rows: Sequence[Any],
+    path: PathLike,
+    *,
+    row_labels: Sequence[str] | None = None,
+    flip_y: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Sets of 2-D points as a grid of scatter plots: ``rows`` is a sequence of ``(N, S, 2)``
+    arrays (one row of ``N`` panels each, the same ``N`` for all), a panel one set of ``S``
+    points ``(x, y)``; ``flip_y`` puts y = 0 at the top, as an image's row 0."""
+    arrays = [_numpy(r) for r in rows]
+    if not arrays or any(a.ndim != 3 or a.shape[-1] != 2 for a in arrays):
+        raise ValueError("rows must be a non-empty sequence of (N, S, 2) point sets")
+    cols = arrays[0].shape[0]
+    if any(a.shape[0] != cols for a in arrays):
+        raise ValueError(f"every row must have {cols} sets, got {[a.shape[0] for a in arrays]}")
+    if row_labels is not None and len(row_labels) != len(arrays):
+        raise ValueError(f"{len(arrays)} rows but {len(row_labels)} row labels")
+    everything = np.concatenate([a.reshape(-1, 2) for a in arrays])
+    low, high = everything.min(0), everything.max(0)
+    pad = 0.05 * np.maximum(high - low, 1e-9)
+    fig = _figure(1.2 * cols + 0.6, 1.2 * len(arrays) + (0.3 if title else 0))
+    axes = np.asarray(fig.subplots(len(arrays), cols, squeeze=False))
+    for r, points in enumerate(arrays):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.scatter(points[c, :, 0], points[c, :, 1], s=3, color="black")
+            ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
+            bottom, top = low[1] - pad[1], high[1] + pad[1]
+            ax.set_ylim((top, bottom) if flip_y else (bottom, top))
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[r], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_set_histograms(
+    sets: Any,
+    generated: Any,
+    path: PathLike,
+    *,
+    titles: Sequence[str] | None = None,
+    bins: int = 30,
+) -> Path:
+    """One panel per 1-D set: the histogram of its members ``sets[i]`` ``(N, S)`` and of new
+    members drawn given it ``generated[i]`` ``(N, S')``, as densities on shared bins."""
+    real, new = _numpy(sets), _numpy(generated)
+    real, new = real.reshape(real.shape[0], -1), new.reshape(new.shape[0], -1)
+    if real.shape[0] != new.shape[0]:
+        raise ValueError(f"{real.shape[0]} sets but {new.shape[0]} generated sets")
+    if titles is not None and len(titles) != real.shape[0]:
+        raise ValueError(f"{real.shape[0]} sets but {len(titles)} titles")
+    cols = real.shape[0]
+    fig = _figure(2.4 * cols, 2.2)
+    axes = np.asarray(fig.subplots(1, cols, squeeze=False))[0]
+    for i, ax in enumerate(axes):
+        edges = np.histogram_bin_edges(np.concatenate([real[i], new[i]]), bins=bins)
+        ax.hist(real[i], bins=edges, density=True, alpha=0.6, label="set")
+        ax.hist(new[i], bins=edges, density=True, histtype="step", color="black", label="drawn")
+        ax.tick_params(labelsize=6)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    axes[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
 def loss_curve(history: Sequence[dict], path: PathLike, *, title: str = "") -> Path:
     """Train and validation bounds per epoch (nats per datum)."""
     fig = _figure(5, 3.2)

@@ -450,6 +450,27 @@ def test_model_list_shows_every_model_with_its_options(capsys) -> None:
     assert "input_shape" not in stdout  # set by the dataset, not an option to pass
 
 
+def test_dataset_list_shows_every_dataset_with_its_splits(capsys) -> None:
+    from pvae.data.registry import available_datasets
+
+    code, stdout, _ = run_cli(["train", "--dataset", "list"], capsys)
+    assert code == 0
+    lines = stdout.splitlines()
+    assert len(lines) == len(available_datasets())
+    for name, line in zip(available_datasets(), lines, strict=True):
+        assert line.startswith(f"{name}: ") and "(splits: " in line
+
+
+def test_one_hidden_width_for_models_whose_layers_share_it() -> None:
+    """``--hidden 64`` reaches a model with one ``hidden`` width as 64; two widths are refused
+    with a message that says why."""
+    from pvae.models.neural_statistician import NeuralStatistician
+
+    assert NeuralStatistician(input_shape=(2,), hidden=[64]).config.hidden == 64
+    with pytest.raises(ValueError, match="one width"):
+        NeuralStatistician(input_shape=(2,), hidden=[64, 32])
+
+
 def test_resume_without_a_checkpoint_starts_afresh(tmp_path, capsys) -> None:
     """``--resume`` on a folder that has no checkpoint yet gives the fresh run's numbers
     (the output bias is initialised from the data as on a fresh start)."""

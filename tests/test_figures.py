@@ -176,3 +176,27 @@ def test_traversals_and_interpolations(tmp_path, vae, drawn):
     assert columns == ["start", "0", "0.33", "0.67", "1", "end"]
     with pytest.raises(ValueError, match="differ"):
         figures.plot_interpolations(vae, x[:2], x[:1], tmp_path / "bad.png")
+
+
+def test_point_sets_one_panel_per_set_with_image_orientation(tmp_path, drawn):
+    rows = [torch.rand(4, 20, 2) * 28, torch.rand(4, 30, 2) * 28]
+    _check_png(figures.plot_point_sets(rows, tmp_path / "p.png", row_labels=["a", "b"]))
+    axes = drawn[-1].axes
+    assert len(axes) == 8
+    bottom, top = axes[0].get_ylim()
+    assert bottom > top  # y = 0 at the top, as an image's row 0
+    assert len(axes[5].collections[0].get_offsets()) == 30
+    with pytest.raises(ValueError, match="every row"):
+        figures.plot_point_sets([torch.rand(4, 5, 2), torch.rand(3, 5, 2)], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"\(N, S, 2\)"):
+        figures.plot_point_sets([torch.rand(4, 5, 3)], tmp_path / "x.png")
+
+
+def test_set_histograms_share_bins_between_a_set_and_its_draws(tmp_path, drawn):
+    sets, new = torch.randn(3, 200), torch.randn(3, 100) + 1
+    path = figures.plot_set_histograms(sets, new, tmp_path / "h.png", titles=["a", "b", "c"])
+    _check_png(path)
+    axes = drawn[-1].axes
+    assert [ax.get_title() for ax in axes] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="generated"):
+        figures.plot_set_histograms(sets, new[:2], tmp_path / "x.png")

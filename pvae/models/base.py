@@ -57,6 +57,15 @@ def ints(values: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def width(value: Any) -> int:
+    """One layer width: an int, or a one-element list of it (the CLI's ``--hidden 64``)."""
+    if isinstance(value, Sequence | torch.Size) and not isinstance(value, (str, bytes)):
+        if len(value) != 1:
+            raise ValueError(f"expected one width (all hidden layers share it), got {value!r}")
+        (value,) = value
+    return int(value)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Base of every model's typed config: a frozen dataclass of :func:`option` fields.

@@ -270,3 +270,45 @@ def test_context_benchmark_runs_in_its_smoke_setting(data_dir, tmp_path):
     table = out.read_text()
     for heading in ("## base", "## dropout", "KL_c/set", r"5w1s KL(D\|\|x)", "5w1s ELBO"):
         assert heading in table
+
+
+SMALL = dict(context_dim=3, latent_dim=2, latent_layers=1, hidden=8)
+
+
+def test_report_draws_contexts_histograms_and_point_sets(tmp_path):
+    """The report's figures of non-image sets: the synthetic sets' contexts coloured by
+    family and histograms of drawn members; for 2-D points, test sets beside drawn sets."""
+    from pvae.data.sets import SetDataset, build_synthetic_sets
+
+    torch.manual_seed(0)
+    synthetic = build_synthetic_sets((), "test", num_sets=24, set_size=30)
+    model = NeuralStatistician(input_shape=(1,), likelihood="normal", **SMALL).eval()
+    items = model.report_items(synthetic, tmp_path / "synthetic")
+    assert [item.path for item in items] == ["contexts.png", "set_histograms.png"]
+    assert "0 exponential" in items[0].title
+    for item in items:
+        assert (tmp_path / "synthetic" / item.path).stat().st_size > 1000
+
+    points = torch.rand(12, 50, 2) * 28
+    spatial = SetDataset(points, torch.arange(12) % 3, set_size=50, name="spatial_mnist/test")
+    model = NeuralStatistician(input_shape=(2,), likelihood="normal", **SMALL).eval()
+    items = model.report_items(spatial, tmp_path / "spatial")
+    assert [item.path for item in items] == ["contexts.png", "point_sets.png"]
+    # Omniglot-like sets (a label per set, more than 20 labels) get no context scatter.
+    crowded = SetDataset(torch.rand(30, 5, 2), torch.arange(30), set_size=5)
+    assert model.report_items(crowded, tmp_path / "crowded")[0].path == "point_sets.png"
+
+
+def test_draws_differ_from_means_and_repeat_with_the_generator():
+    """``draw=True`` samples p(x | c, z) (reproducibly given a generator); the default
+    returns its means."""
+    model = NeuralStatistician(input_shape=(2,), likelihood="normal", **SMALL).eval()
+    sets = torch.randn(3, 10, 2)
+    first = model.generate_like(sets, 6, torch.Generator().manual_seed(1), draw=True)
+    again = model.generate_like(sets, 6, torch.Generator().manual_seed(1), draw=True)
+    means = model.generate_like(sets, 6, torch.Generator().manual_seed(1))
+    assert first.shape == means.shape == (3, 6, 2)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, means)
+    prior = model.sample(4, torch.Generator().manual_seed(2), set_size=5, draw=True)
+    assert prior.shape == (4, 5, 2)
