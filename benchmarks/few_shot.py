@@ -80,9 +80,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--few-shot-kl",
-        default="query_to_class",
+        default="class_to_query",
         choices=["query_to_class", "class_to_query"],
-        help="neural_statistician: the KL order of Algorithm 4's scoring rule",
+        help="the KL order of Algorithm 4's scoring rule (both models): class_to_query, "
+        "argmin_k KL(q(c|D_k) || q(c|x)), or query_to_class",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run")
@@ -106,11 +107,8 @@ def train_and_score(name: str, args: argparse.Namespace, data: dict) -> dict:
         latent_dim=args.latent_dim,
         latent_layers=args.latent_layers,
         hidden=args.hidden,
-        **(
-            {"sample_dropout": args.sample_dropout, "few_shot_kl": args.few_shot_kl}
-            if name == "neural_statistician"
-            else {}
-        ),
+        few_shot_kl=args.few_shot_kl,
+        **({"sample_dropout": args.sample_dropout} if name == "neural_statistician" else {}),
     )
     model.initialize(data["train"].model_options())
     setup = model.training_setup(data["train"])
@@ -157,8 +155,13 @@ def write_results(args: argparse.Namespace, runs: list[dict], command: str) -> s
         "",
         f"Setup: {args.epochs} epochs (paper: 300), sets of 5, {args.batch_size} sets a batch, "
         f"Adam lr {args.lr}, {args.architecture} networks, c {args.context_dim} (paper: 512), "
-        f"z {args.latent_dim} x {args.latent_layers} layer(s) (paper: 16, 3 layers), no sample "
-        "dropout; training classes: 864 background characters x 4 rotations = 3,456 "
+        f"z {args.latent_dim} x {args.latent_layers} layer(s) (paper: 16, 3 layers), "
+        + (
+            f"sample dropout {args.sample_dropout} (neural_statistician)"
+            if args.sample_dropout
+            else "no sample dropout"
+        )
+        + f"; scoring rule `few_shot_kl={args.few_shot_kl}`; training classes: 864 background characters x 4 rotations = 3,456 "
         f"{'(first ' + str(args.train_size) + ')' if args.train_size else ''} (paper: 1,200 "
         "characters with rotations and reflections); test: the 659 evaluation characters; "
         f"{args.episodes} episodes per task, one query per class; accuracy in % ± s.e. over "
