@@ -213,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled training items for semi-supervised models (m2); others ignore it",
     )
     train.add_argument(
+        "--labelled-schedule",
+        choices=["epoch", "step"],
+        default="epoch",
+        help="semi-supervised models: 'epoch' visits the labelled items as their own batches "
+        "once an epoch; 'step' adds a labelled minibatch to every step, weighted so that the "
+        "objective of an epoch is unchanged",
+    )
+    train.add_argument(
         "--train-size",
         type=_positive_int,
         default=None,
@@ -259,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
         "NLL that `pvae train` reported for the same K and size)",
     )
     evaluate.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    evaluate.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        help="share the data among N processes on this machine (starts `torchrun "
+        "--nproc-per-node N -m pvae.cli evaluate ...`); each batch's samples are then seeded "
+        "from --seed and the batch, so the result is the same at any N (and differs, within "
+        "its standard error, from one process's single stream)",
+    )
 
     sample = sub.add_parser(
         "sample",
@@ -391,8 +408,8 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """``pvae train --nproc N``: the same command under ``torchrun`` with N processes on this
-    machine (a free port found by ``--standalone``); returns torchrun's exit code."""
+    """``pvae train|evaluate --nproc N``: the same command under ``torchrun`` with N processes
+    on this machine (a free port found by ``--standalone``); returns torchrun's exit code."""
     import subprocess
 
     command = [
@@ -405,7 +422,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         "pvae.cli",
         *_without_nproc(args.argv),
     ]
-    print(f"pvae train: starting {' '.join(command[1:])}", file=sys.stderr)
+    print(f"pvae {args.command}: starting {' '.join(command[1:])}", file=sys.stderr)
     return subprocess.call(command)
 
 
@@ -466,6 +483,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_size=args.eval_size,
         train_size=args.train_size,
         num_labels=args.num_labels,
+        labelled_schedule=args.labelled_schedule,
         out=Path(args.out) if args.out else None,
         resume=args.resume,
         progress=not args.no_progress,
@@ -486,18 +504,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- evaluate, sample, diagnose ------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pvae.infer.distributed import from_env, launched_by_torchrun
     from pvae.runs import evaluate_run
 
-    result = evaluate_run(
-        args.run_dir,
-        split=args.split,
-        num_samples=args.eval_samples,
-        size=args.eval_size,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        progress=not args.no_progress,
-        seed=args.seed,
-    )
+    if args.nproc is not None and launched_by_torchrun():
+        raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
+    if args.nproc is not None and args.nproc > 1:
+        return _launch_torchrun(args)
+    with from_env(args.device) as distributed:
+        result = evaluate_run(
+            args.run_dir,
+            split=args.split,
+            num_samples=args.eval_samples,
+            size=args.eval_size,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            progress=not args.no_progress,
+            seed=args.seed,
+            distributed=distributed,
+        )
+    if distributed is not None and not distributed.is_main:
+        return 0  # rank 0 prints
     model_metrics = {
         key: value
         for key, value in result.items()

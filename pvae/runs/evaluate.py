@@ -38,27 +38,34 @@ def evaluate_model(
     progress: bool = True,
     seed: int = 0,
     distributed: Any = None,
+    seeded_batches: bool | None = None,
 ) -> dict[str, Any]:
     """The importance-sampled NLL of ``data`` under ``model`` (``nll`` and ``nll_stderr``
     over data, nats) with K = ``num_samples``, and the model's own ``metrics(data)``.
 
     The importance samples are drawn from torch's generator seeded with ``seed`` (the
-    caller's random state is restored), so an evaluation is repeatable. Under a process group
-    (``distributed``, a :class:`~pvae.infer.distributed.DistributedContext`) the data are
-    shared among the ranks and each batch's samples are seeded from ``seed`` and the batch
-    (``log_likelihood(..., seed=)``): repeatable at any world size, though not the numbers of
-    one process's single stream; every rank returns the whole result. The model is evaluated
-    in evaluation mode (no dropout) and left in the mode it had."""
+    caller's random state is restored), so an evaluation is repeatable. With
+    ``seeded_batches`` each batch's samples are seeded from ``seed`` and the batch instead
+    (``log_likelihood(..., seed=)``): the same numbers at any world size, though not those of
+    the single stream. Under a process group (``distributed``, a
+    :class:`~pvae.infer.distributed.DistributedContext`; ``seeded_batches`` is then implied)
+    the data are shared among the ranks and every rank returns the whole result. The model is
+    evaluated in evaluation mode (no dropout) and left in the mode it had."""
     _check_count("num_samples", num_samples)
+    if seeded_batches is False and distributed is not None:
+        raise ValueError("seeded_batches=False: ranks sharing the data need per-batch seeds")
+    seeded = distributed is not None or bool(seeded_batches)
     mode = model.training
     model.eval()  # dropout and word dropout off: the model as it is evaluated
     try:
-        return _evaluate_model(model, data, num_samples, device, progress, seed, distributed)
+        return _evaluate_model(
+            model, data, num_samples, device, progress, seed, distributed, seeded
+        )
     finally:
         model.train(mode)
 
 
-def _evaluate_model(model, data, num_samples, device, progress, seed, distributed):
+def _evaluate_model(model, data, num_samples, device, progress, seed, distributed, seeded):
     from pvae.evaluation import LogLikelihood, log_likelihood
 
     start = time.perf_counter()
@@ -73,7 +80,7 @@ def _evaluate_model(model, data, num_samples, device, progress, seed, distribute
             num_samples=num_samples,
             progress=progress,
             datum_size=datum_size,
-            **({"seed": seed, "distributed": distributed} if distributed is not None else {}),
+            **({"seed": seed, "distributed": distributed} if seeded else {}),
         )
     estimate = LogLikelihood(values.cpu(), num_samples)
     result: dict[str, Any] = {
@@ -100,21 +107,33 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = True,
     seed: int | None = None,
+    distributed: Any = None,
 ) -> dict[str, Any]:
     """Evaluates a run folder's model on a split of its dataset and writes
     ``evaluation_<split>_K<num_samples>[_n<size>][_seed<seed>].json`` there (one file per
     setting: evaluations of other sizes or seeds do not overwrite each other); returns what it
     wrote. ``seed`` (default: the run's, so that the test NLL of ``pvae train`` is reproduced
-    exactly) seeds the importance samples."""
+    exactly) seeds the importance samples.
+
+    Under a process group (``distributed``, every rank calling with the same arguments) the
+    data are shared among the ranks as in :func:`evaluate_model` (with ``seeded_batches``),
+    each rank on its own device; rank 0 alone writes the file, and every rank returns it."""
+    from pvae.infer.distributed import main_first
     from pvae.runs.train import load_split
 
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
+    if distributed is not None:
+        device = distributed.device
+        progress = progress and distributed.is_main
     model, config = load_run(run_dir, checkpoint, device=device)
     if num_samples is None:
         num_samples = model.default_eval_samples
     _check_count("num_samples", num_samples)
-    data = load_split(
-        config["dataset"], split, size=size, progress=progress, **model.data_options()
-    )
+    with main_first(distributed):  # rank 0 downloads what is missing, then the others read
+        data = load_split(
+            config["dataset"], split, size=size, progress=progress, **model.data_options()
+        )
     result = {
         "split": split,
         "checkpoint": checkpoint,
@@ -128,8 +147,13 @@ def evaluate_run(
             device=device,
             progress=progress,
             seed=result["seed"],
+            distributed=distributed,
         )
     )
+    if distributed is not None:
+        result["world_size"] = distributed.world_size
+        if not distributed.is_main:
+            return result
     name = f"evaluation_{split}_K{num_samples}"
     if size is not None:  # a subset: its own file, not the whole split's
         name += f"_n{result['eval_size']}"

@@ -370,3 +370,44 @@ def test_a_dataloader_is_shared_by_batches(tmp_path):
 
     (params0, bound0), (params1, bound1) = launch(train, 2, tmp_path)
     assert bound0 == bound1 and all(torch.equal(params0[k], params1[k]) for k in params0)
+
+
+def test_pvae_evaluate_nproc_shares_the_data_and_matches_seeded_batches(tmp_path, data_dir):
+    """``pvae evaluate --nproc 2`` prints once, writes one file, and gives exactly the numbers
+    of one process with per-batch seeds (``evaluate_model(..., seeded_batches=True)``)."""
+    import json
+    import subprocess
+    import sys
+
+    from pvae.runs import load_run
+    from pvae.runs.evaluate import evaluate_model
+    from pvae.runs.train import load_split
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PVAE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    train = [
+        sys.executable, "-m", "pvae.cli", "train", "--dataset", "binarized_mnist",
+        "--train-size", "60", "--epochs", "1", "--batch-size", "20", "--hidden", "16",
+        "--latent-dim", "2", "--eval-samples", "4", "--eval-size", "20", "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluate = [
+        sys.executable, "-m", "pvae.cli", "evaluate", str(out), "--nproc", "2",
+        "--eval-samples", "6", "--eval-size", "30", "--seed", "3", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("test NLL") == 1  # rank 0 prints, rank 1 does not
+    written = json.loads((out / "evaluation_test_K6_n30_seed3.json").read_text())
+    assert written["world_size"] == 2 and written["eval_size"] == 30
+
+    model, config = load_run(out, "best")
+    data = load_split(config["dataset"], "test", size=30, progress=False)
+    alone = evaluate_model(model, data, num_samples=6, seed=3, seeded_batches=True, progress=False)
+    assert math.isclose(written["nll"], alone["nll"], rel_tol=0, abs_tol=1e-6)
+    single_stream = evaluate_model(model, data, num_samples=6, seed=3, progress=False)
+    assert single_stream["nll"] != alone["nll"]  # the other seeding: another estimate
+    with pytest.raises(ValueError, match="per-batch seeds"):
+        evaluate_model(model, data, num_samples=6, distributed=object(), seeded_batches=False)
