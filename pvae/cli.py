@@ -427,7 +427,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pvae.infer.distributed import from_env, launched_by_torchrun
+    from pvae.infer.distributed import from_env, launched_by_torchrun, restart_count
     from pvae.infer.train import TrainConfig
     from pvae.models.registry import available_models
     from pvae.runs import TrainSpec, train_run
@@ -450,6 +450,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.model not in available_models():
         raise CLIError(f"unknown model {args.model!r}; available: {', '.join(available_models())}")
+    restarts = restart_count()
+    if restarts and not args.resume:
+        # torchrun --max-restarts starts the same command again after a rank died: continue
+        # the run from its last checkpoint rather than refuse its unfinished folder.
+        print(
+            f"pvae train: torchrun restart {restarts}: resuming from the last checkpoint",
+            file=sys.stderr,
+        )
+        args.resume = True
     if args.objective in ("iwae", "dreg") and args.num_particles < 2:
         print(
             "pvae: note: --objective iwae with --num-particles 1 equals the ELBO", file=sys.stderr

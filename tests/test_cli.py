@@ -440,6 +440,23 @@ def test_unfinished_run_needs_resume(run_copy: Path, capsys) -> None:
     expect_error(["train", *TINY, "--out", str(run_copy)], capsys, "an unfinished run")
 
 
+def test_a_torchrun_restart_resumes_the_unfinished_run(run_copy: Path, capsys, monkeypatch):
+    """``torchrun --max-restarts`` repeats the command without ``--resume`` after a rank died:
+    the restarted workers continue the run instead of refusing its folder."""
+    (run_copy / "status.json").write_text(json.dumps({"status": "running"}))
+    before = json.loads((run_copy / "metrics.json").read_text())["history"]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    code, _, err = run_cli(["train", *TINY, "--out", str(run_copy)], capsys)
+    assert code == 0, err
+    assert "torchrun restart 1: resuming" in err
+    assert status_of(run_copy) == "complete"
+    after = json.loads((run_copy / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in after] == [r["epoch"] for r in before]  # no gap, no duplicate
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # a first attempt refuses as before
+    (run_copy / "status.json").write_text(json.dumps({"status": "running"}))
+    expect_error(["train", *TINY, "--out", str(run_copy)], capsys, "an unfinished run")
+
+
 # -- every registered model (trained, evaluated and diagnosed in tests/models/test_suite.py) -----
 def test_model_list_shows_every_model_with_its_options(capsys) -> None:
     code, stdout, _ = run_cli(["train", "--model", "list"], capsys)

@@ -209,6 +209,16 @@ def launched_by_torchrun(environ: dict[str, str] | None = None) -> bool:
     return world is not None and world[1] > 1
 
 
+def restart_count(environ: dict[str, str] | None = None) -> int:
+    """How many times ``torchrun`` (``--max-restarts``) has restarted this job's workers: its
+    ``TORCHELASTIC_RESTART_COUNT``, 0 on the first attempt and outside ``torchrun``."""
+    environ = os.environ if environ is None else environ
+    try:
+        return max(0, int(environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0))
+    except ValueError:
+        return 0
+
+
 def _rank_device(device: str | torch.device, local_rank: int, world_size: int) -> torch.device:
     device = torch.device(device)
     if device.type == "cpu":
