@@ -2,6 +2,7 @@
 ``guide``) with a typed config, registered by name."""
 
 from pvae.models.base import Model, ModelConfig, ReportItem
+from pvae.models.conv_draw import ConvDRAW, ConvDRAWConfig
 from pvae.models.cvae import CVAE, CVAEConfig
 from pvae.models.iaf import IAFVAE, IAFVAEConfig
 from pvae.models.image import ImageConfig, ImageModel, StandardNormalPrior
@@ -39,6 +40,8 @@ __all__ = [
     "MixtureVAEConfig",
     "M2",
     "M2Config",
+    "ConvDRAW",
+    "ConvDRAWConfig",
     "available_models",
     "build_model",
     "get_model_class",
