@@ -24,7 +24,8 @@ Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the 
   training set, without gradients, before every epoch (at the end of the previous one, so
   that the checkpoints and the evaluation see codes of the final encoder).
 - The **neighbour search** (:func:`nearest_neighbours`) is exact, in torch, in chunks of the
-  memory: never an ``N x N`` matrix.
+  memory: never an ``N x N`` matrix; ``search="faiss"`` uses faiss's exact flat index instead
+  (:func:`faiss_nearest_neighbours`, the optional ``faiss-cpu``), with the same results.
 - The **prior network** (:class:`ConditionalPrior`) is an MLP from ``z'`` to a mixture of
   diagonal Gaussians (``components``; one component is a Gaussian, whose KL is analytic; the
   mixture's is estimated by Monte Carlo, which pvae's ELBO does by itself).
@@ -51,13 +52,17 @@ Inputs, shapes (MNIST: ``x`` ``(B, 1, 28, 28)``): ``model(x, index=None)`` and
 ``guide(x, index=None)``; ``index`` (int64 ``(B,)``) are the data's positions in the training
 set, given in training only. ``z``: ``(B, latent_dim)``.
 
-.. note:: The decoder is the MLP decoder of pvae's other image models. The paper's
-   73.9 nats on binarized MNIST used an autoregressive (PixelCNN) decoder, which is not built
-   yet; with an MLP decoder ACN is a VAE with a better-matched prior, not that model.
+- **Decoders** (``architecture``): the MLP decoder of pvae's other image models (``mlp``), or
+  a small gated PixelCNN (``pixelcnn``, :class:`~pvae.nets.pixelcnn.PixelCNN`, conditioned on
+  ``z`` by a per-layer bias) for binary images: an autoregressive decoder that can model the
+  pixels without ``z``, where an ordinary VAE's KL collapses ([1] Sec. 4). Its samples are
+  drawn pixel by pixel (one pass per pixel): the daydreams re-encode those binary samples.
 
 References:
     [1] Graves, Menick, van den Oord. Associative Compression Networks for Representation
         Learning. 2018. arXiv:1804.02476
+    [2] Johnson, Douze, Jégou. Billion-scale similarity search with GPUs. IEEE Transactions on
+        Big Data, 2019. arXiv:1702.08734 (faiss)
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
 from pvae.nets import GaussianMLP, mlp, numel
+from pvae.nets.pixelcnn import PixelCNN, check_pixelcnn_options
 
 __all__ = [
     "ACN",
@@ -88,6 +94,7 @@ __all__ = [
     "Daydream",
     "MemoryRefresh",
     "chain_coding_cost",
+    "faiss_nearest_neighbours",
     "nearest_neighbours",
     "neighbour_chain",
 ]
@@ -160,6 +167,52 @@ def nearest_neighbours(
     return torch.cat(distances), torch.cat(indices)
 
 
+def faiss_nearest_neighbours(
+    queries: torch.Tensor,
+    memory: torch.Tensor,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_neighbours` by faiss [2] (``pip install faiss-cpu``, or the
+    ``pvae-zoo[faiss]`` extra): the same arguments and results, from faiss's exact flat L2
+    index (``IndexFlatL2``, squared distances, float32 on the CPU; ``chunk_size`` is unused:
+    faiss blocks its own search). With ``exclude`` it searches ``k + 1`` neighbours and drops
+    the query's own row (or, when ties push that row out, the farthest one).
+
+    The index is built from ``memory`` on every call (a copy of ``N x D`` floats, no
+    training): the search itself, ``O(Q N D)``, is the cost, as in the torch search.
+    """
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "search='faiss' needs faiss: pip install faiss-cpu (or pvae-zoo[faiss])"
+        ) from error
+    num_memory = memory.shape[0]
+    extra = int(exclude is not None)
+    if not 1 <= k <= num_memory - extra:
+        raise ValueError(
+            f"need 1 <= k <= {num_memory - extra} neighbours in a memory of {num_memory}, got {k}"
+        )
+    index = faiss.IndexFlatL2(memory.shape[-1])
+    index.add(memory.detach().to("cpu", torch.float32).contiguous().numpy())
+    found = index.search(queries.detach().to("cpu", torch.float32).contiguous().numpy(), k + extra)
+    distances, indices = (torch.from_numpy(array) for array in found)
+    indices = indices.to(torch.int64)
+    if exclude is not None:
+        own = indices == exclude.to("cpu", torch.int64).unsqueeze(-1)
+        # A stable sort moves the own row (True) behind the others, which keep their order.
+        keep = own.to(torch.uint8).argsort(stable=True, dim=-1)[:, :k]
+        distances, indices = distances.gather(-1, keep), indices.gather(-1, keep)
+    return distances.to(queries.device, queries.dtype), indices.to(queries.device)
+
+
+#: the neighbour searches of :class:`ACNConfig`'s ``search`` option
+SEARCHES = {"exact": nearest_neighbours, "faiss": faiss_nearest_neighbours}
+
+
 # -- the prior network ------------------------------------------------------------------------
 class ConditionalPrior(nn.Module):
     """``p(z | z')``: an MLP from the neighbour's code ``z'`` ``(..., D)`` to a mixture of
@@ -225,6 +278,14 @@ class ACNConfig(ImageConfig):
     search_chunk: int = option(
         4096, "queries and memory rows compared at once by the neighbour search", convert=int
     )
+    search: str = option(
+        "exact", "neighbour search: exact (torch, in chunks) or faiss (faiss-cpu's flat index)"
+    )
+    architecture: str = option(
+        "mlp", "decoder: mlp, or pixelcnn (a gated PixelCNN; bernoulli, (C, H, W) images)"
+    )
+    pixelcnn_layers: int = option(5, "gated layers of the pixelcnn decoder", convert=int)
+    pixelcnn_channels: int = option(32, "feature maps of the pixelcnn decoder", convert=int)
 
     def validate(self) -> None:
         super().validate()
@@ -233,6 +294,12 @@ class ACNConfig(ImageConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if any(h < 1 for h in self.prior_hidden):
             raise ValueError(f"prior_hidden sizes must be positive, got {list(self.prior_hidden)}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+        if self.architecture not in ("mlp", "pixelcnn"):
+            raise ValueError(f"architecture must be 'mlp' or 'pixelcnn', got {self.architecture!r}")
+        if self.architecture == "pixelcnn":
+            check_pixelcnn_options(self)
 
 
 @register_model(
@@ -240,12 +307,14 @@ class ACNConfig(ImageConfig):
     smoke={"latent_dim": 2, "hidden": [16], "prior_hidden": [16], "neighbours": 3, "components": 2},
 )
 class ACN(StandardNormalPrior):
-    """The associative compression network [1] with an MLP encoder and decoder (see the module
-    docstring for the story, the memory and what is not built yet).
+    """The associative compression network [1] with an MLP encoder and an MLP or PixelCNN
+    decoder (see the module docstring for the story and the memory).
 
     Options (:class:`ACNConfig`): those of every image model (``input_shape``, ``latent_dim``
     D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``), ``neighbours``
-    K, ``components`` of the prior mixture, ``prior_hidden`` and ``search_chunk``.
+    K, ``components`` of the prior mixture, ``prior_hidden``, ``search_chunk``, ``search``
+    (``exact`` or ``faiss``) and the decoder ``architecture`` (``mlp`` or ``pixelcnn``, with
+    ``pixelcnn_layers`` and ``pixelcnn_channels``).
 
     Buffers: ``memory`` ``(N, D)`` (empty until :meth:`training_setup`), ``memory_labels``
     ``(N,)`` (the training labels, ``-1`` where none) and ``memory_epoch`` (the epoch whose
@@ -260,7 +329,12 @@ class ACN(StandardNormalPrior):
         config = self.config
         pixels, hidden = numel(self.input_shape), list(config.hidden)
         self.encoder = GaussianMLP(pixels, hidden, self.latent_dim, config.activation)
-        self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
+        if config.architecture == "pixelcnn":
+            self.decoder = PixelCNN(
+                self.latent_dim, self.input_shape, config.pixelcnn_layers, config.pixelcnn_channels
+            )
+        else:
+            self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
         self.conditional_prior = ConditionalPrior(
             self.latent_dim, config.prior_hidden, config.components, config.activation
         )
@@ -277,7 +351,7 @@ class ACN(StandardNormalPrior):
         prior = self.prior() if neighbour is None else self.conditional_prior(neighbour)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", prior)
-            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+            pyro.sample("x", self.likelihood(self.decode_logits(z, x)), obs=x)
 
     def guide(self, x: torch.Tensor, index: torch.Tensor | None = None) -> None:
         """q(z | x) = Normal(mu(x), diag sigma(x)^2); in training (``index`` given) the means
@@ -305,12 +379,10 @@ class ACN(StandardNormalPrior):
             return None
         code = self.encode_mean(x)
         if index is None:
-            _, nearest = nearest_neighbours(
-                code, self.memory, 1, chunk_size=self.config.search_chunk
-            )
+            _, nearest = self.search(code, self.memory, 1, chunk_size=self.config.search_chunk)
             return self.memory[nearest[:, 0]]
         k = self.config.neighbours
-        _, nearest = nearest_neighbours(
+        _, nearest = self.search(
             code, self.memory, k, exclude=index, chunk_size=self.config.search_chunk
         )
         pick = torch.randint(k, (x.shape[0], 1), device=nearest.device)
@@ -345,6 +417,13 @@ class ACN(StandardNormalPrior):
                 setattr(self, name, current.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
+    def search(
+        self, queries: torch.Tensor, memory: torch.Tensor, k: int, **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The configured neighbour search (``search``: :func:`nearest_neighbours` or
+        :func:`faiss_nearest_neighbours`)."""
+        return SEARCHES[self.config.search](queries, memory, k, **options)
+
     # -- networks -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(self._flat(x))
@@ -352,8 +431,29 @@ class ACN(StandardNormalPrior):
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)[0]
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``p(x | z)``, ``(..., *input_shape)``. The pixelcnn decoder's depend on
+        ``x`` (each pixel's on the pixels before it); without ``x`` it draws one image from
+        ``p(x | z)`` pixel by pixel and returns the logits given that draw."""
+        if self.config.architecture == "pixelcnn":
+            return self.decoder(z, self.decoder.sample(z) if x is None else x)
         return self.decoder(z).reshape(*z.shape[:-1], *self.input_shape)
+
+    @torch.no_grad()
+    def decode_image(
+        self, z: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The image shown for a code: the mean image ``E[x | z]`` of the MLP decoder, a draw
+        ``x ~ p(x | z)`` of the pixelcnn decoder (whose mean has no closed form)."""
+        if self.config.architecture == "pixelcnn":
+            return self.decoder.sample(z, generator)
+        return self.likelihood.mean(self.decode_logits(z))
+
+    def eval_datum_size(self, args: tuple) -> int | None:
+        """The pixelcnn decoder's feature maps, so that the evaluator's chunks fit in memory."""
+        if self.config.architecture == "pixelcnn":
+            return self.decoder.elements_per_image
+        return None
 
     # -- the protocol ---------------------------------------------------------------------
     def batch_args(self, batch: Any) -> tuple:
@@ -368,10 +468,11 @@ class ACN(StandardNormalPrior):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean images E[x | z], ``z ~ p(z | z')``, ``z' ~ Normal(0, I)``: ``(n, *input_shape)``."""
+        """Images of ``z ~ p(z | z')``, ``z' ~ Normal(0, I)`` (:meth:`decode_image`: mean images,
+        or the pixelcnn's draws): ``(n, *input_shape)``."""
         first = self.prior_sample(num_samples, generator)
         z = self.conditional_prior.sample(first, generator)
-        return self.likelihood.mean(self.decode_logits(z))
+        return self.decode_image(z, generator)
 
     @torch.no_grad()
     def daydream(
@@ -386,8 +487,8 @@ class ACN(StandardNormalPrior):
                 z_t ~ p(z | c_{t-1}),   x_t = E[x | z_t],   c_t = mu_phi(x_t)
 
         The next code is the guide's mean code of the decoded image (the paper encodes its
-        samples; it does not replace them by the nearest memory code). The images are the
-        decoder's mean images (``sample``'s), not draws from ``p(x | z)``.
+        samples; it does not replace them by the nearest memory code). The images are
+        :meth:`decode_image`'s: the MLP decoder's mean images, the pixelcnn's draws.
 
         :param start: the first codes: int64 indices ``(n,)`` (or one int) of training data
             in the memory, or codes ``(n, D)`` (floating point).
@@ -412,7 +513,7 @@ class ACN(StandardNormalPrior):
         codes, images = [code], []
         for _ in range(steps):
             z = self.conditional_prior.sample(code, generator)
-            image = self.likelihood.mean(self.decode_logits(z))
+            image = self.decode_image(z, generator)
             code = self.encode_mean(image)
             images.append(image)
             codes.append(code)
@@ -429,8 +530,7 @@ class ACN(StandardNormalPrior):
         generator = torch.Generator().manual_seed(seed)
         start = torch.randperm(self.memory.shape[0], generator=generator)[:8]
         chains = self.daydream(start, 10, generator)
-        with torch.no_grad():
-            first = self.likelihood.mean(self.decode_logits(chains.codes[:, 0]))
+        first = self.decode_image(chains.codes[:, 0], generator)
         rows = torch.cat([first.unsqueeze(1), chains.images], 1).cpu()
         image_grid(rows.reshape(-1, *self.input_shape), out / "daydreams.png", nrow=11)
         items.append(
@@ -460,29 +560,56 @@ class ACN(StandardNormalPrior):
         return {"train_data": indexed, "callbacks": [refresh]}
 
     @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode_image` of the guide's mean code of ``x``."""
+        return self.decode_image(self.encode_mean(x))
+
+    @torch.no_grad()
     def metrics(self, test: Any) -> dict[str, float]:
-        """``test_knn_accuracy``: the majority label of each test code's K nearest training
-        codes (labelled ones), against the test labels; ``{}`` without labels or memory."""
-        labels = self.memory_labels
-        if self.memory.shape[0] == 0 or not bool((labels >= 0).any()):
+        """How informative the test codes are (``{}`` without a memory):
+
+        - ``test_kl``: nats per datum of ``KL(q(z | x) || p(z | c_m(x)))``, the code's cost
+          under the evaluation prior (the nearest training code's), by Monte Carlo (16 draws
+          per datum, seed 0; exact for one component);
+        - ``test_active_units``: units ``u`` with ``Var_x(E_q[z_u | x]) > 0.01`` (Burda et al.);
+        - ``test_knn_accuracy``: the majority label of each test code's K nearest training
+          codes (labelled ones), against the test labels (datasets with labels only).
+        """
+        from pvae.evaluation import active_units
+
+        if self.memory.shape[0] == 0:
             return {}
-        device = self.memory.device
-        num_classes = int(labels.max()) + 1
+        device, labels = self.memory.device, self.memory_labels
+        has_labels = bool((labels >= 0).any())
+        num_classes = int(labels.max()) + 1 if has_labels else 0
         k = min(self.config.neighbours, self.memory.shape[0])
         generator = torch.Generator().manual_seed(0)
         correct = total = 0
+        kl_total, means = 0.0, []
         for x, y in test.batches(1000, shuffle=False, generator=generator):
             x, y = x.to(device), y.to(device)
-            _, nearest = nearest_neighbours(
-                self.encode_mean(x), self.memory, k, chunk_size=self.config.search_chunk
-            )
-            votes = labels[nearest]
-            counts = F.one_hot(votes.clamp_min(0), num_classes) * (votes >= 0).unsqueeze(-1)
-            predicted = counts.sum(-2).argmax(-1)
-            keep = y >= 0
-            correct += int((predicted == y)[keep].sum())
-            total += int(keep.sum())
-        return {"test_knn_accuracy": correct / total} if total else {}
+            loc, scale = self.encode(x)
+            means.append(loc)
+            _, nearest = self.search(loc, self.memory, k, chunk_size=self.config.search_chunk)
+            prior = self.conditional_prior(self.memory[nearest[:, 0]])
+            q = dist.Normal(loc, scale).to_event(1)
+            eps = torch.randn((16, *loc.shape), generator=generator, dtype=loc.dtype).to(device)
+            z = loc + scale * eps
+            kl_total += float((q.log_prob(z) - prior.log_prob(z)).mean(0).sum())
+            if has_labels:
+                votes = labels[nearest]
+                counts = F.one_hot(votes.clamp_min(0), num_classes) * (votes >= 0).unsqueeze(-1)
+                predicted = counts.sum(-2).argmax(-1)
+                keep = y >= 0
+                correct += int((predicted == y)[keep].sum())
+                total += int(keep.sum())
+        means = torch.cat(means)
+        result = {"test_kl": kl_total / means.shape[0]}
+        if means.shape[0] >= 2:
+            result["test_active_units"] = float(active_units(lambda batch: batch, means).count)
+        if total:
+            result["test_knn_accuracy"] = correct / total
+        return result
 
 
 class MemoryRefresh(Callback):
@@ -612,7 +739,7 @@ def chain_coding_cost(
         ).to(device)
         z = loc[rows] + scale[rows] * eps
         log_q = q.log_prob(z)
-        log_px = model.likelihood(model.decode_logits(z)).log_prob(x[rows])
+        log_px = model.likelihood(model.decode_logits(z, x[rows])).log_prob(x[rows])
         log_p0 = model.prior().log_prob(z)
         log_pc = model.conditional_prior(loc[predecessor[rows]]).log_prob(z)
         log_pc = torch.where(rows == first, log_p0, log_pc)

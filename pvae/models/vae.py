@@ -60,6 +60,7 @@ from pvae.models.image import ImageConfig, ImageModel, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
 from pvae.nets import ConvDecoder, ConvEncoder, GaussianMLP, mlp, numel
+from pvae.nets.pixelcnn import PixelCNN, check_pixelcnn_options
 
 __all__ = ["VAE", "VAEConfig", "ImageModel", "StandardNormalPrior"]
 
@@ -68,7 +69,13 @@ __all__ = ["VAE", "VAEConfig", "ImageModel", "StandardNormalPrior"]
 class VAEConfig(ImageConfig):
     """Options of :class:`VAE`."""
 
-    architecture: str = option("mlp", "mlp, or conv (28x28 single-channel images only)")
+    architecture: str = option(
+        "mlp",
+        "mlp, conv (28x28 single-channel images only), or pixelcnn (MLP encoder, gated PixelCNN "
+        "decoder; bernoulli, (C, H, W) images)",
+    )
+    pixelcnn_layers: int = option(5, "gated layers of the pixelcnn decoder", convert=int)
+    pixelcnn_channels: int = option(32, "feature maps of the pixelcnn decoder", convert=int)
     beta: float = option(1.0, "weight of the KL term (> 1: the beta-VAE)", convert=float)
     free_bits: float = option(0.0, "per-dimension KL floor in nats (0: off)", convert=float)
 
@@ -80,8 +87,12 @@ class VAEConfig(ImageConfig):
             raise ValueError(
                 f"free_bits must be a non-negative number of nats, got {self.free_bits}"
             )
-        if self.architecture not in ("mlp", "conv"):
-            raise ValueError(f"architecture must be 'mlp' or 'conv', got {self.architecture!r}")
+        if self.architecture not in ("mlp", "conv", "pixelcnn"):
+            raise ValueError(
+                f"architecture must be 'mlp', 'conv' or 'pixelcnn', got {self.architecture!r}"
+            )
+        if self.architecture == "pixelcnn":
+            check_pixelcnn_options(self)
         if self.architecture == "conv" and self.input_shape != (1, 28, 28):
             raise ValueError(
                 f"architecture='conv' needs inputs of shape (1, 28, 28), got {self.input_shape}"
@@ -90,11 +101,13 @@ class VAEConfig(ImageConfig):
 
 @register_model("vae", smoke={"latent_dim": 2, "hidden": [16]})
 class VAE(StandardNormalPrior):
-    """Gaussian-latent VAE with an MLP (or small conv) encoder and decoder.
+    """Gaussian-latent VAE with an MLP (or small conv) encoder and decoder, or an MLP encoder
+    and a gated PixelCNN decoder (:class:`~pvae.nets.pixelcnn.PixelCNN`).
 
     Options (:class:`VAEConfig`): those of every image model (``input_shape``,
     ``latent_dim`` D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``),
-    ``architecture`` (``mlp`` or ``conv``), ``beta`` (the KL weight [3]) and ``free_bits``
+    ``architecture`` (``mlp``, ``conv`` or ``pixelcnn``, with ``pixelcnn_layers`` and
+    ``pixelcnn_channels``), ``beta`` (the KL weight [3]) and ``free_bits``
     (lambda, the per-dimension KL floor in nats [4]).
 
     Shapes: ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(B, *input_shape)``; the
@@ -111,11 +124,16 @@ class VAE(StandardNormalPrior):
         self.free_bits = getattr(config, "free_bits", 0.0)
         self.architecture = getattr(config, "architecture", "mlp")
         hidden = list(config.hidden)
-        if self.architecture == "mlp":
+        if self.architecture in ("mlp", "pixelcnn"):
             pixels = numel(self.input_shape)
             self.encoder = GaussianMLP(pixels, hidden, self.latent_dim, config.activation)
+        if self.architecture == "mlp":
             self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
-        else:
+        if self.architecture == "pixelcnn":
+            self.decoder = PixelCNN(
+                self.latent_dim, self.input_shape, config.pixelcnn_layers, config.pixelcnn_channels
+            )
+        if self.architecture == "conv":
             self.encoder = ConvEncoder(self.latent_dim)
             self.decoder = ConvDecoder(self.latent_dim)
         self.likelihood = Likelihood(config.likelihood, self.input_shape)
@@ -129,7 +147,7 @@ class VAE(StandardNormalPrior):
                 z = pyro.sample("z", self.prior())
                 if self.free_bits > 0:
                     pyro.factor("free_bits", self.free_bits_surrogate(x))
-            pyro.sample("x", self.likelihood(self.decode_logits(z)), obs=x)
+            pyro.sample("x", self.likelihood(self.decode_logits(z, x)), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z | x) = Normal(mu(x), diag sigma(x)^2), its log-density weighted by beta."""
@@ -147,9 +165,20 @@ class VAE(StandardNormalPrior):
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)[0]
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``p(x | z)``, ``(..., *input_shape)``. The pixelcnn decoder's depend on
+        ``x`` (each pixel's on the pixels before it); without ``x`` it draws one image from
+        ``p(x | z)`` pixel by pixel and returns the logits given that draw."""
+        if self.architecture == "pixelcnn":
+            return self.decoder(z, self.decoder.sample(z) if x is None else x)
         logits = self.decoder(z)
         return logits.reshape(*z.shape[:-1], *self.input_shape)
+
+    def eval_datum_size(self, args: tuple) -> int | None:
+        """The pixelcnn decoder's feature maps, so that the evaluator's chunks fit in memory."""
+        if self.architecture == "pixelcnn":
+            return self.decoder.elements_per_image
+        return None
 
     def free_bits_surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """``c - stop_grad(c)`` with ``c = -sum_j max(0, lambda - mean_n KL_nj)``: shape ``(B,)``.

@@ -185,11 +185,44 @@ def test_metrics_report_the_knn_accuracy_of_test_codes():
     model = _tiny_acn()
     model.training_setup(data, seed=0)
     model.refresh_memory(data)
-    accuracy = model.metrics(data)["test_knn_accuracy"]
-    assert 0.0 <= accuracy <= 1.0
+    metrics = model.metrics(data)
+    assert 0.0 <= metrics["test_knn_accuracy"] <= 1.0
+    assert 0 <= metrics["test_active_units"] <= model.latent_dim
     unlabelled = _tiny_acn()
     unlabelled.training_setup(data.without_labels(), seed=0)
-    assert unlabelled.metrics(data) == {}
+    assert "test_knn_accuracy" not in unlabelled.metrics(data)
+    assert _tiny_acn().metrics(data) == {}  # no memory
+
+
+def test_metrics_kl_is_the_code_cost_under_the_nearest_codes_prior():
+    """With one prior component the Monte Carlo ``test_kl`` estimates the analytic
+    KL(q(z | x) || p(z | nearest training code)); tolerance: 5 standard errors of the
+    16-draw mean over the data set."""
+    data = _tiny_data(30)
+    torch.manual_seed(0)
+    model = ACN(
+        input_shape=(1, 4, 4),
+        latent_dim=2,
+        hidden=[8],
+        prior_hidden=[8],
+        neighbours=3,
+        components=1,
+    )
+    model.training_setup(data, seed=0)
+    model.refresh_memory(data)
+    metrics = model.metrics(data)
+    x = torch.cat([batch[0] for batch in data.batches(1000, shuffle=False)])
+    with torch.no_grad():
+        loc, scale = model.encode(x)
+        _, nearest = nearest_neighbours(loc, model.memory, 1)
+        prior = model.conditional_prior(model.memory[nearest[:, 0]])
+        q = torch.distributions.Normal(loc, scale)
+        p = torch.distributions.Normal(prior.base_dist.loc, prior.base_dist.scale)
+        analytic = torch.distributions.kl_divergence(q, p).sum(-1)
+        z = q.sample((4000,))
+        spread = (q.log_prob(z).sum(-1) - prior.log_prob(z)).std(0)  # one draw's s.d.
+    stderr = float((spread**2 / 16).sum().sqrt()) / x.shape[0]
+    assert abs(metrics["test_kl"] - float(analytic.mean())) < 5 * stderr + 1e-6
 
 
 def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
@@ -359,3 +392,81 @@ def test_chain_cost_terms_against_a_reference_loop():
     ).sum(-1)
     torch.testing.assert_close(cost.kl_independent, expected_independent, atol=0.05, rtol=0.05)
     assert torch.all(cost.reconstruction > 0)
+
+
+def test_pixelcnn_daydreams_re_encode_binary_draws():
+    """With the pixelcnn decoder the chain's images are draws x ~ p(x | z) (binary), and each
+    next code is the guide's mean code of the draw."""
+    data = _tiny_data(12)
+    torch.manual_seed(0)
+    model = ACN(
+        input_shape=(1, 4, 4),
+        latent_dim=2,
+        hidden=[8],
+        prior_hidden=[8],
+        neighbours=3,
+        architecture="pixelcnn",
+        pixelcnn_layers=2,
+        pixelcnn_channels=8,
+    )
+    model.training_setup(data, seed=0)
+    model.refresh_memory(data)
+    chains = model.daydream(torch.tensor([0, 5]), 3, torch.Generator().manual_seed(0))
+    assert chains.images.shape == (2, 3, 1, 4, 4)
+    assert ((chains.images == 0) | (chains.images == 1)).all()
+    with torch.no_grad():
+        torch.testing.assert_close(chains.codes[:, 1:], model.encode_mean(chains.images))
+    assert model.sample(3, torch.Generator().manual_seed(0)).shape == (3, 1, 4, 4)
+
+
+# -- the faiss backend ------------------------------------------------------------------------
+@pytest.mark.parametrize("excluding", [False, True])
+def test_faiss_search_gives_the_exact_searchs_neighbours(excluding):
+    """faiss's flat index and the chunked torch search return the same neighbours on a test
+    set (skipped only where faiss-cpu is not installed: the optional ``faiss`` extra)."""
+    pytest.importorskip("faiss")
+    from pvae.models.acn import faiss_nearest_neighbours
+
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(3000, 16, generator=generator)
+    memory[7] = memory[3]  # a duplicate code: still a neighbour of datum 3, never itself
+    queries = torch.cat([memory[:200], torch.randn(100, 16, generator=generator)])
+    exclude = torch.arange(300) if excluding else None
+    expected = nearest_neighbours(queries, memory, 5, exclude=exclude, chunk_size=700)
+    found = faiss_nearest_neighbours(queries, memory, 5, exclude=exclude)
+    torch.testing.assert_close(found[0], expected[0], rtol=1e-4, atol=1e-4)
+    # The same neighbours, in the same order wherever no two distances tie (the duplicate
+    # code's queries 3 and 7 have two at zero without the exclusion).
+    assert torch.equal(found[1].sort(-1).values, expected[1].sort(-1).values)
+    distinct = (expected[0].diff(dim=-1) > 1e-3).all(-1)
+    assert distinct.sum() > 250
+    assert torch.equal(found[1][distinct], expected[1][distinct])
+    if excluding:
+        assert not (found[1] == exclude.unsqueeze(-1)).any()
+        assert found[1][3, 0] == 7
+    with pytest.raises(ValueError, match="neighbours"):
+        faiss_nearest_neighbours(queries, memory[:4], 5, exclude=exclude)
+
+
+def test_acn_with_faiss_search_conditions_on_the_same_codes():
+    pytest.importorskip("faiss")
+    data = _tiny_data(30)
+    exact = _tiny_acn()
+    torch.manual_seed(0)
+    faiss_model = ACN(
+        input_shape=(1, 4, 4),
+        latent_dim=2,
+        hidden=[8],
+        prior_hidden=[8],
+        neighbours=3,
+        search="faiss",
+    )
+    faiss_model.load_state_dict(exact.state_dict(), strict=False)
+    for model in (exact, faiss_model):
+        model.training_setup(data, seed=0)
+        model.refresh_memory(data)
+    x = torch.cat([batch[0] for batch in data.batches(1000, shuffle=False)])
+    assert torch.equal(exact.neighbour_code(x), faiss_model.neighbour_code(x))
+    assert exact.metrics(data) == faiss_model.metrics(data)
+    with pytest.raises(ValueError, match="search"):
+        ACN(search="annoy")

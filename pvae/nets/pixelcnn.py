@@ -1,0 +1,233 @@
+"""A small gated PixelCNN decoder for binary images, conditioned on a latent code.
+
+``p(x | z) = prod_i Bernoulli(x_i | sigma(f_i(x_{<i}, z)))`` over the pixels in raster order
+(row by row, left to right), with ``f`` the gated PixelCNN of van den Oord et al. [1]:
+
+- a **vertical stack** of convolutions sees the rows above and the current row (every column),
+  and feeds the horizontal stack only **shifted down by one row**, so the horizontal stack at
+  pixel ``(r, c)`` receives rows ``< r`` through it;
+- a **horizontal stack** of ``1 x k`` convolutions sees the pixels left of ``(r, c)`` in its
+  row, itself excluded in the first layer ("mask A") and included after it ("mask B"), with a
+  residual connection from the second layer on. The two stacks together have no blind spot
+  (the single-stack masked PixelCNN misses the pixels up and to the right);
+- every layer is **gated**: ``y = tanh(W_f * h + V_f z) * sigmoid(W_g * h + V_g z)``, the
+  latent entering each layer of both stacks as a per-channel bias ``V z`` (a linear map of
+  ``z``, the same at every pixel: [1] Eq. 4, the location-independent conditioning).
+
+The masks are implemented by padding and shifting, not by multiplying kernels with a mask:
+the vertical convolution has a ``(k // 2 + 1) x k`` kernel padded above only, the horizontal
+one a ``1 x (k // 2 + 1)`` kernel padded on the left only.
+
+Cost: a forward pass (teacher forcing: the logits of every pixel given the true image) is one
+pass of ``layers`` convolutions over the image; sampling is pixel by pixel, one pass per pixel
+(784 for MNIST), so it is meant for a few images.
+
+Shapes: ``z`` ``(..., D)``, ``x`` ``(..., C, H, W)`` (their leading dims broadcast; ``C = 1``
+for binary images), logits ``(..., C, H, W)``.
+
+References:
+    [1] van den Oord, Kalchbrenner, Vinyals, Espeholt, Graves, Kavukcuoglu. Conditional Image
+        Generation with PixelCNN Decoders. NeurIPS 2016. arXiv:1606.05328
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["GatedLayer", "PixelCNN", "check_pixelcnn_options"]
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks ([1] Fig. 2), conditioned on ``z`` by a per-channel bias.
+
+    :param first: the first layer: the horizontal convolution excludes the current pixel
+        (mask A) and there is no residual connection.
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, kernel: int, latent_dim: int, first: bool
+    ) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel sizes must be odd and positive, got {kernel}")
+        self.first, self.kernel = first, kernel
+        half = kernel // 2
+        self.vertical = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
+        self.horizontal = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.horizontal_out = nn.Conv2d(channels, channels, 1)
+        self.condition = nn.Linear(latent_dim, 4 * channels)
+
+    def forward(
+        self, vertical: torch.Tensor, horizontal: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``vertical``, ``horizontal`` ``(N, C_in, H, W)``, ``z`` ``(N, D)``; returns both
+        stacks' outputs ``(N, C, H, W)``."""
+        bias_v, bias_h = self.biases(z)
+        v, v_out = self.vertical_stack(vertical, bias_v)
+        # Shifted down one row before it enters the horizontal stack: rows < r only.
+        v_shifted = F.pad(v, (0, 0, 1, 0))[..., : v.shape[-2], :]
+        return v_out, self.horizontal_stack(
+            horizontal, self.vertical_to_horizontal(v_shifted), bias_h
+        )
+
+    def biases(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditioning biases ``V z`` of the vertical and horizontal gates, ``(N, 2C, 1, 1)``."""
+        bias_v, bias_h = self.condition(z)[..., None, None].chunk(2, dim=1)
+        return bias_v, bias_h
+
+    def vertical_stack(
+        self, vertical: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vertical convolution (rows ``r - k // 2 .. r``, columns ``c - k // 2 .. c + k // 2``)
+        before the gate, and the gated output."""
+        half = self.kernel // 2
+        v = self.vertical(F.pad(vertical, (half, half, half, 0)))
+        return v, _gate(v + bias)
+
+    def horizontal_stack(
+        self, horizontal: torch.Tensor, from_vertical: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """The horizontal stack's output given its input and the (shifted, 1x1-mapped)
+        vertical features of the rows above: columns ``c - k // 2 .. c`` (mask B), or
+        ``c - k // 2 - 1 .. c - 1`` in the first layer (mask A)."""
+        half, width = self.kernel // 2, horizontal.shape[-1]
+        if self.first:
+            h = self.horizontal(F.pad(horizontal, (half + 1, 0)))[..., :width]
+        else:
+            h = self.horizontal(F.pad(horizontal, (half, 0)))
+        out = self.horizontal_out(_gate(h + from_vertical + bias))
+        return out if self.first else out + horizontal
+
+
+def _gate(h: torch.Tensor) -> torch.Tensor:
+    value, gate = h.chunk(2, dim=1)
+    return torch.tanh(value) * torch.sigmoid(gate)
+
+
+class PixelCNN(nn.Module):
+    """Gated PixelCNN logits of binary images given a latent code (see the module docstring).
+
+    :param latent_dim: D, the size of ``z``.
+    :param input_shape: ``(C, H, W)`` of one image.
+    :param layers: gated layers (``>= 1``).
+    :param channels: feature maps per stack.
+    :param kernel: kernel size of the later layers (odd).
+    :param first_kernel: kernel size of the first layer (odd; [1] uses 7).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        layers: int = 5,
+        channels: int = 32,
+        kernel: int = 3,
+        first_kernel: int = 7,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"PixelCNN needs images of shape (C, H, W), got {input_shape}")
+        if layers < 1 or channels < 1:
+            raise ValueError(f"need layers >= 1 and channels >= 1, got {layers}, {channels}")
+        self.input_shape = tuple(input_shape)
+        image_channels = input_shape[0]
+        self.layers = nn.ModuleList(
+            GatedLayer(
+                image_channels if i == 0 else channels,
+                channels,
+                first_kernel if i == 0 else kernel,
+                latent_dim,
+                first=i == 0,
+            )
+            for i in range(layers)
+        )
+        self.output = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, image_channels, 1),
+        )
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(..., C, H, W)`` of every pixel given the pixels before it in ``x`` and
+        ``z`` (teacher forcing); the leading dims of ``z`` ``(..., D)`` and ``x``
+        ``(..., C, H, W)`` broadcast."""
+        batch = torch.broadcast_shapes(z.shape[:-1], x.shape[:-3])
+        image = x.shape[-3:]  # input_shape, or a window of its rows (sample)
+        z = z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1])
+        h = x.expand(*batch, *image).reshape(-1, *image).to(z.dtype)
+        v = h
+        for layer in self.layers:
+            v, h = layer(v, h, z)
+        return self.output(h).reshape(*batch, *image)
+
+    @property
+    def elements_per_image(self) -> int:
+        """About the most elements one image's pass holds at once (a few ``2C x H x W`` maps):
+        what the importance-sampling evaluator sizes its chunks with."""
+        channels = self.layers[0].horizontal_out.in_channels
+        return 8 * channels * self.input_shape[-2] * self.input_shape[-1]
+
+    @property
+    def reach(self) -> int:
+        """Rows above a pixel that its logit depends on: the output at row ``r`` is a function
+        of input rows ``r - reach .. r`` only (each layer's vertical kernel reaches
+        ``kernel // 2`` rows up, and the shift into the horizontal stack one more)."""
+        return 1 + sum(layer.kernel // 2 for layer in self.layers)
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Binary images ``x ~ p(x | z)`` ``(..., C, H, W)``, pixel by pixel in raster order
+        (the channels of one pixel are independent given the pixels before it: the first
+        layer's mask excludes the whole pixel).
+
+        Row ``r``'s vertical features depend on the rows above only, so they are computed once
+        per row (on the ``reach`` rows above it), and each pixel then costs one pass of the
+        horizontal stack over row ``r`` alone: ``H`` vertical passes and ``H W`` one-row
+        horizontal passes, the same logits as :meth:`forward` on the finished image."""
+        batch = z.shape[:-1]
+        z = z.reshape(-1, z.shape[-1])
+        x = z.new_zeros(z.shape[0], *self.input_shape)
+        height, width = self.input_shape[1:]
+        biases = [layer.biases(z) for layer in self.layers]
+        for r in range(height):
+            # Each layer's vertical features at row r - 1 (zeros above the image), 1x1-mapped.
+            from_vertical = []
+            v = x[:, :, max(0, r - self.reach) : r]
+            for layer, (bias_v, _) in zip(self.layers, biases, strict=True):
+                if r == 0:
+                    last = x.new_zeros(x.shape[0], 2 * layer.horizontal_out.in_channels, 1, width)
+                else:
+                    pre, v = layer.vertical_stack(v, bias_v)
+                    last = pre[..., -1:, :]
+                from_vertical.append(layer.vertical_to_horizontal(last))
+            for c in range(width):
+                h = x[:, :, r : r + 1]
+                for layer, (_, bias_h), link in zip(
+                    self.layers, biases, from_vertical, strict=True
+                ):
+                    h = layer.horizontal_stack(h, link, bias_h)
+                probability = torch.sigmoid(self.output(h)[:, :, 0, c])
+                u = torch.rand(probability.shape, generator=generator, dtype=z.dtype)
+                x[:, :, r, c] = (u.to(z.device) < probability).to(z.dtype)
+        return x.reshape(*batch, *self.input_shape)
+
+
+def check_pixelcnn_options(config: Any) -> None:
+    """``ValueError`` unless an image model's config fits the pixelcnn decoder: a Bernoulli
+    likelihood, ``(C, H, W)`` inputs and positive ``pixelcnn_layers``/``pixelcnn_channels``."""
+    if config.likelihood != "bernoulli":
+        raise ValueError(
+            f"the pixelcnn decoder models binary pixels: use likelihood='bernoulli', "
+            f"got {config.likelihood!r}"
+        )
+    if len(config.input_shape) != 3:
+        raise ValueError(f"the pixelcnn decoder needs (C, H, W) images, got {config.input_shape}")
+    for name in ("pixelcnn_layers", "pixelcnn_channels"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
