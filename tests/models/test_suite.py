@@ -153,6 +153,8 @@ def _guide_only_parameters(model, batch) -> list[torch.nn.Parameter]:
     if not latent_sites(guide_trace):  # a model without latents (the language model)
         return []
     loss = -guide_trace.log_prob_sum()
+    if not loss.requires_grad:  # a guide without parameters (variance_lenet's q(e) = N(0, I))
+        return []
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
     used_by_guide = {id(p) for p, g in zip(params, grads, strict=True) if g is not None}
