@@ -431,6 +431,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pvae.infer.train import TrainConfig
     from pvae.models.registry import available_models
     from pvae.runs import TrainSpec, train_run
+    from pvae.runs.report import plus_minus
 
     if args.nproc is not None and launched_by_torchrun():
         raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
@@ -504,7 +505,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # rank 0 prints
     extra = "".join(f", {key} {value:.4f}" for key, value in metrics["model_metrics"].items())
     print(
-        f"test NLL {metrics['test_nll']:.2f} +- {metrics['test_nll_stderr']:.2f} nats "
+        f"test NLL {metrics['test_nll']:.2f}{plus_minus(metrics['test_nll_stderr'], ' +- ')} nats "
         f"(K={metrics['eval_samples']}, {metrics['eval_size']} items){extra}; "
         f"report: {spec.run_dir / 'report.md'}"
     )
@@ -515,6 +516,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pvae.infer.distributed import from_env, launched_by_torchrun
     from pvae.runs import evaluate_run
+    from pvae.runs.report import plus_minus
 
     if args.nproc is not None and launched_by_torchrun():
         raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
@@ -543,7 +545,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     extra = "".join(f", {key} {value:.4f}" for key, value in model_metrics.items())
     print(
-        f"{args.split} NLL {result['nll']:.2f} +- {result['nll_stderr']:.2f} nats "
+        f"{args.split} NLL {result['nll']:.2f}{plus_minus(result['nll_stderr'], ' +- ')} nats "
         f"(K={result['eval_samples']}, {result['eval_size']} items){extra}"
     )
     return 0

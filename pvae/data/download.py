@@ -181,6 +181,67 @@ _TEXT_FILES = (
     ),
 )
 
+_PLANETOID = "https://raw.githubusercontent.com/tkipf/gcn/master/gcn/data/"
+
+# Planetoid's Cora and Citeseer files, used as they are (Python pickles read without scipy by
+# pvae.data.planetoid); digests of tkipf/gcn@39a4089fe72a's copies, pvae's and upstream's alike.
+_PLANETOID_FILES = (
+    (
+        "planetoid/ind.citeseer.allx",
+        "2ac30345d95c9ec933a817ee0bdd6a5f077f8c184a20e696910192d534414668",
+    ),
+    (
+        "planetoid/ind.citeseer.ally",
+        "f704b2d986dde6c2669934de1f3ae5696a6cf9455c0f6b2646a2d135ea0a1c95",
+    ),
+    (
+        "planetoid/ind.citeseer.graph",
+        "d79a4ef9d3e7169aee8946145f6b7306e35bc79bffad26346cfb94e10e9912a7",
+    ),
+    (
+        "planetoid/ind.citeseer.test.index",
+        "2af990671580b6b2df5d158d1038f8292e30c9cd821b5453f399659b25b723d4",
+    ),
+    (
+        "planetoid/ind.citeseer.tx",
+        "539a8906a2da97628d212f2fdd668c109a8b3f0d36574b59e5d3fd5b5303da21",
+    ),
+    (
+        "planetoid/ind.citeseer.ty",
+        "55e5bd1ba1e733a04598753ad1a8d57957f4b8f89e74519f41f4f4938767e4ce",
+    ),
+    (
+        "planetoid/ind.citeseer.x",
+        "d20de19150741e555de0ed037195630fc194114ebc7fd72ced62810148aa22f6",
+    ),
+    (
+        "planetoid/ind.citeseer.y",
+        "8ba87e515d8e3ee3cf52f6d2c5b86aa73f11ecad825a808455209ec26cd54924",
+    ),
+    ("planetoid/ind.cora.allx", "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543"),
+    ("planetoid/ind.cora.ally", "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71"),
+    (
+        "planetoid/ind.cora.graph",
+        "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+    ),
+    (
+        "planetoid/ind.cora.test.index",
+        "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+    ),
+    ("planetoid/ind.cora.tx", "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a"),
+    ("planetoid/ind.cora.ty", "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad"),
+    ("planetoid/ind.cora.x", "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab"),
+    ("planetoid/ind.cora.y", "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1"),
+)
+
+
+def _planetoid_resource(name: str, digest: str) -> Resource:
+    filename = name.rsplit("/", 1)[-1]
+    return Resource(
+        name=name, sha256=(digest,), sources=(Source(_PLANETOID + filename, digest, filename),)
+    )
+
+
 RESOURCES: dict[str, Resource] = {
     resource.name: resource
     for resource in (
@@ -238,6 +299,7 @@ RESOURCES: dict[str, Resource] = {
             notes="converted from the PNG zips with a numpy box filter",
         ),
         *(_text_resource(*entry) for entry in _TEXT_FILES),
+        *(_planetoid_resource(*entry) for entry in _PLANETOID_FILES),
     )
 }
 

@@ -62,6 +62,7 @@ _BUILTIN_MODULES = (
     "pvae.data.sets",
     "pvae.data.ptb",
     "pvae.data.sentences",
+    "pvae.data.planetoid",
 )
 
 

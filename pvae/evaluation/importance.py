@@ -72,7 +72,11 @@ def _log_importance_weights(
         model_trace, guide_trace = trace_model_guide(
             model, guide, (x, *args), num_particles=size, max_plate_nesting=nesting
         )
-        parts.append(per_datum_log_weights(model_trace, guide_trace, max_plate_nesting=nesting))
+        parts.append(
+            per_datum_log_weights(
+                model_trace, guide_trace, max_plate_nesting=nesting, num_units=x.shape[0]
+            )
+        )
     return torch.cat(parts, dim=0)
 
 

@@ -353,15 +353,28 @@ def reduce_to_particle_data(
 
 
 def per_datum_log_weights(
-    model_trace: Trace, guide_trace: Trace, *, max_plate_nesting: int
+    model_trace: Trace, guide_trace: Trace, *, max_plate_nesting: int, num_units: int | None = None
 ) -> torch.Tensor:
     """log p(x_n, z_kn) - log q(z_kn | x_n) of vectorized traces, shape ``(K, B)``.
 
     Every latent site must sit inside the ``"data"`` plate: importance weighting per datum
     is not defined for global latents.
+
+    ``num_units``: the independent units of the batch (its leading dimension). A ``"data"``
+    plate larger than that ranges over parts of one unit (the nodes of one graph, the rule of
+    :func:`plate_scale`): a batch of one unit then gets its one weight, the sum over the
+    plate, ``(K, 1)``; more than one unit cannot be told apart and is a ``ValueError``.
     """
     num_dims = max_plate_nesting + 1
     frame = data_frame(model_trace)
+    data_dim: int | None = frame.dim
+    if num_units is not None and frame.size > num_units:
+        if num_units != 1:
+            raise ValueError(
+                f"the 'data' plate has {frame.size} entries for a batch of {num_units} units: "
+                "per-datum weights need the units (not their parts) in the 'data' plate"
+            )
+        data_dim = None
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in scored_sites(trace):
@@ -371,7 +384,7 @@ def per_datum_log_weights(
                     "weights need every latent and observed site inside it"
                 )
             log_p = reduce_to_particle_data(
-                site_log_prob(site), site, num_dims=num_dims, data_dim=frame.dim
+                site_log_prob(site), site, num_dims=num_dims, data_dim=data_dim
             )
             total = total + sign * log_p
     return total

@@ -85,7 +85,8 @@ def _evaluate_model(model, data, num_samples, device, progress, seed, distribute
     estimate = LogLikelihood(values.cpu(), num_samples)
     result: dict[str, Any] = {
         "nll": -estimate.mean,
-        "nll_stderr": estimate.stderr,
+        # One datum (a dataset of one graph) has no standard error over data: None, not NaN.
+        "nll_stderr": estimate.stderr if values.numel() > 1 else None,
         "eval_samples": int(num_samples),
         "eval_size": int(values.numel()),
     }

@@ -17,6 +17,11 @@ def _metric_name(key: str) -> str:
     return key.replace("_", " ")
 
 
+def plus_minus(stderr: float | None, separator: str = " ± ") -> str:
+    """`` ± 1.23`` for a standard error, nothing where there is none (one test datum)."""
+    return "" if stderr is None else f"{separator}{stderr:.2f}"
+
+
 def write_report(
     out: Path, config: dict[str, Any], metrics: dict[str, Any], items: Sequence[ReportItem]
 ) -> Path:
@@ -48,7 +53,7 @@ def write_report(
         "| metric | value |",
         "|---|---|",
         f"| test NLL (nats, K={metrics['eval_samples']}, {size} items) | "
-        f"{metrics['test_nll']:.2f} ± {metrics['test_nll_stderr']:.2f} |",
+        f"{metrics['test_nll']:.2f}{plus_minus(metrics['test_nll_stderr'])} |",
         *extra,
         f"| best epoch (validation) | {metrics['best_epoch']} of {last['epoch']} |",
         f"| train bound, last epoch (nats per datum) | {last['train_bound']:.2f} |",
