@@ -92,15 +92,19 @@ def naive_vmf_rsample_log_prob(loc, kappa, d):
     return z, log_c + kappa * (z * loc).sum(-1)
 
 
-def _time(fn, repeats: int) -> float:
-    """Median wall time (ms) of fn() over repeats, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _time(fns, repeats: int) -> list[float]:
+    """Median process CPU time (ms) of each fn() over ``repeats`` interleaved rounds (one call
+    of each per round, after one warm-up call of each): robust to other jobs on the machine
+    (the process runs one thread), and the ratios compare calls made under the same load."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.process_time()
+            fn()
+            spent.append(time.process_time() - start)
+    return [1e3 * statistics.median(spent) for spent in times]
 
 
 def _sphere_step(make, loc0, kappa0):
@@ -217,15 +221,20 @@ def main(args: argparse.Namespace) -> str:
         "| vMF / PowerSpherical | Wood acceptance |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for d in (3, 64, 512):
+    for d in args.dims if args.only != "mixture" else ():
         for kappa_value in (1.0, 100.0, 1e4):
             loc = torch.nn.functional.normalize(torch.randn(batch, d, dtype=torch.float64), dim=-1)
             kappa = torch.full((batch,), kappa_value, dtype=torch.float64)
-            ours = _time(_sphere_step(VonMisesFisher, loc, kappa), repeats)
             finite = []
-            naive = _time(_naive_step(loc, kappa, d, finite), repeats)
+            ours, naive, power = _time(
+                [
+                    _sphere_step(VonMisesFisher, loc, kappa),
+                    _naive_step(loc, kappa, d, finite),
+                    _sphere_step(PowerSpherical, loc, kappa),
+                ],
+                repeats,
+            )
             naive_note = "" if all(finite) else " (non-finite)"
-            power = _time(_sphere_step(PowerSpherical, loc, kappa), repeats)
             if d == 3:
                 acceptance = "n/a (exact inverse CDF)"
             else:
@@ -241,7 +250,7 @@ def main(args: argparse.Namespace) -> str:
         "| Pyro MixtureOfDiagNormals (ms) | pvae / Pyro |",
         "|---|---|---|---|",
     ]
-    for num_components, dims in ((8, 16), (4, 64)):
+    for num_components, dims in ((8, 16), (4, 64)) if args.only != "vmf" else ():
         logits0 = torch.randn(num_components, dtype=torch.float64)
         locs0 = torch.randn(num_components, dims, dtype=torch.float64)
         scales0 = 0.5 + torch.rand(num_components, dims, dtype=torch.float64)
@@ -262,8 +271,7 @@ def main(args: argparse.Namespace) -> str:
 
             return step
 
-        ours = _time(mixture_step("ours"), repeats)
-        theirs = _time(mixture_step("pyro"), repeats)
+        ours, theirs = _time([mixture_step("ours"), mixture_step("pyro")], repeats)
         mixture_rows.append(
             f"| K={num_components}, D={dims}, batch {batch} | {ours:.2f} | {theirs:.2f} | "
             f"{ours / theirs:.2f} |"
@@ -271,7 +279,7 @@ def main(args: argparse.Namespace) -> str:
         print(mixture_rows[-1], flush=True)
 
     torch.manual_seed(0)
-    bias_rows = mixture_bias_rows(args.bias_batches)
+    bias_rows = mixture_bias_rows(args.bias_batches) if args.only is None else []
 
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/distributions.py" + (
         " " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
@@ -338,4 +346,6 @@ if __name__ == "__main__":
         "--bias-batches", type=int, default=1000, help="batches of 2000 draws per bias estimate"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--dims", type=int, nargs="+", default=[3, 64, 512])
+    parser.add_argument("--only", choices=["vmf", "mixture"], help="one timing table, no bias rows")
     main(parser.parse_args())

@@ -1,7 +1,12 @@
 """A mixture of one family with reparameterized samples (implicit gradients through the CDF)."""
 
+import math
+
+import pyro.distributions
 import torch
 from pyro.distributions import TorchDistribution, constraints
+
+_NORMALS = (torch.distributions.Normal, pyro.distributions.Normal)
 
 
 class ReparameterizedMixture(TorchDistribution):
@@ -148,9 +153,15 @@ class ReparameterizedMixture(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         value = value.unsqueeze(-1 - self._event_dim)
-        return torch.logsumexp(
-            self.component_distribution.log_prob(value) + self._log_weights(), -1
-        )
+        if type(self._base) in _NORMALS:  # one pass each way (_NormalLogDensity)
+            base = self._base
+            value, loc, scale = torch.broadcast_tensors(value, base.loc, base.scale)
+            log_density = _NormalLogDensity.apply(value, loc, scale)
+            if self._event_dim == 1:
+                log_density = log_density.sum(-1)
+        else:
+            log_density = self.component_distribution.log_prob(value)
+        return torch.logsumexp(log_density + self._log_weights(), -1)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         if self._event_dim != 0:
@@ -163,10 +174,18 @@ class ReparameterizedMixture(TorchDistribution):
             sample_shape = torch.Size(sample_shape)
             index = self.mixture_distribution.expand(self.batch_shape).sample(sample_shape)
             comp = self.component_distribution.expand(self.batch_shape + (self._num_components,))
-            samples = comp.sample(sample_shape)  # sample + batch + (K,) + event
             index = index.reshape(index.shape + (1,) * (1 + self._event_dim))
-            index = index.expand(samples.shape[: -1 - self._event_dim] + (1,) + self.event_shape)
-            return torch.gather(samples, -1 - self._event_dim, index).squeeze(-1 - self._event_dim)
+            full = sample_shape + comp.batch_shape + self.event_shape
+            index = index.expand(full[: -1 - self._event_dim] + (1,) + self.event_shape)
+            dim = -1 - self._event_dim
+            if type(self._base) in _NORMALS:
+                # Only the chosen component's draw: loc + scale * eps.
+                base = self._base.expand(comp.batch_shape + self.event_shape)
+                loc = torch.gather(base.loc.expand(full), dim, index).squeeze(dim)
+                scale = torch.gather(base.scale.expand(full), dim, index).squeeze(dim)
+                return torch.addcmul(loc, scale, torch.randn_like(loc))
+            samples = comp.sample(sample_shape)  # sample + batch + (K,) + event
+            return torch.gather(samples, dim, index).squeeze(dim)
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
         x = self.sample(sample_shape)
@@ -182,27 +201,148 @@ class ReparameterizedMixture(TorchDistribution):
             base = base.expand(self.batch_shape + (self._num_components,) + self.event_shape)
             x_k = x.unsqueeze(-2).expand(x.shape[:-1] + (self._num_components, x.size(-1)))
             x_k = x_k.detach().requires_grad_()
-        log_density = base.log_prob(x_k)  # (..., K, D), differentiable in the parameters
-        if not log_density.requires_grad:
-            return x.squeeze(-1) if self._event_dim == 0 else x
         # d/dx log p_kj(x_j): lets log p_kj(x_hat_j) = log p_kj(x_j) + score * (x_hat_j - x_j)
         # carry the first-order dependence of later responsibilities on earlier coordinates.
-        (score,) = torch.autograd.grad(log_density.sum(), x_k, retain_graph=True)
-        cdf = base.cdf(x_k)
+        if type(base) in _NORMALS:  # closed forms (_NormalTerms), no autograd pass for score
+            loc, scale = base.loc.expand(x_k.shape), base.scale.expand(x_k.shape)
+            log_density, cdf, score = _NormalTerms.apply(x_k.detach(), loc, scale)
+        else:
+            log_density = base.log_prob(x_k)  # (..., K, D), differentiable in the parameters
+            if not log_density.requires_grad:
+                return x.squeeze(-1) if self._event_dim == 0 else x
+            (score,) = torch.autograd.grad(log_density.sum(), x_k, retain_graph=True)
+            cdf = base.cdf(x_k.detach())
         if self._event_dim == 0:
             log_density, score, cdf = (t.unsqueeze(-1) for t in (log_density, score, cdf))
-        log_weights = self._log_weights()
-        log_weights = log_weights.expand(log_density.shape[:-1])
-        tiny = torch.finfo(x.dtype).tiny
-        offsets = []
-        for i in range(x.size(-1)):
-            weights = torch.softmax(log_weights, -1)
-            conditional_cdf = (weights * cdf[..., i]).sum(-1)
-            conditional_density = (weights * log_density[..., i].exp()).sum(-1).detach()
-            offset = -(conditional_cdf - conditional_cdf.detach()) / conditional_density.clamp(
-                min=tiny
-            )
-            offsets.append(offset)
-            log_weights = log_weights + log_density[..., i] + score[..., i] * offset.unsqueeze(-1)
-        x_hat = x + torch.stack(offsets, -1)
+        log_weights = self._log_weights().expand(log_density.shape[:-1])
+        if not (log_density.requires_grad or log_weights.requires_grad):
+            return x.squeeze(-1) if self._event_dim == 0 else x
+        x_hat = x + _ImplicitOffsets.apply(log_weights, log_density, cdf, score)
         return x_hat.squeeze(-1) if self._event_dim == 0 else x_hat
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class _NormalTerms(torch.autograd.Function):
+    r"""``(log p, F, d log p / dx)`` of ``Normal(loc, scale)`` at ``x``, all from
+    ``z = (x - loc) / scale``, differentiable in ``loc`` and ``scale`` (not ``x``; the score is
+    returned without gradient) with the closed-form backward
+    ``dL/dloc = (g_logp z - g_F phi(z)) / scale``, ``dL/dscale = z dL/dloc - g_logp / scale``.
+    One pass per quantity instead of ``Normal.log_prob`` and ``Normal.cdf`` with autograd."""
+
+    @staticmethod
+    def forward(ctx, x, loc, scale):
+        inv_scale = scale.reciprocal()
+        z = (x - loc) * inv_scale
+        log_phi = -0.5 * z * z - _HALF_LOG_2PI
+        log_density = log_phi - torch.log(scale)
+        cdf = 0.5 * torch.erfc(z * -math.sqrt(0.5))
+        score = -z * inv_scale
+        ctx.save_for_backward(z, log_phi, inv_scale)
+        ctx.mark_non_differentiable(score)
+        return log_density, cdf, score
+
+    @staticmethod
+    def backward(ctx, grad_log_density, grad_cdf, grad_score):
+        z, log_phi, inv_scale = ctx.saved_tensors
+        grad_loc = (grad_log_density * z - grad_cdf * log_phi.exp()) * inv_scale
+        grad_scale = grad_loc * z - grad_log_density * inv_scale
+        return None, grad_loc, grad_scale
+
+
+class _NormalLogDensity(torch.autograd.Function):
+    """``log Normal(loc, scale).log_prob(x)`` with the closed-form backward
+    ``dL/dloc = g z / scale = -dL/dx``, ``dL/dscale = g (z^2 - 1) / scale``."""
+
+    @staticmethod
+    def forward(ctx, x, loc, scale):
+        inv_scale = scale.reciprocal()
+        z = (x - loc) * inv_scale
+        ctx.save_for_backward(z, inv_scale)
+        return (-0.5 * z * z - _HALF_LOG_2PI) - torch.log(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, inv_scale = ctx.saved_tensors
+        grad_loc = grad * z * inv_scale
+        grad_scale = (grad_loc * z - grad * inv_scale) if ctx.needs_input_grad[2] else None
+        grad_x = -grad_loc if ctx.needs_input_grad[0] else None
+        return grad_x, grad_loc, grad_scale
+
+
+def _offsets_sequential(log_weights, log_density, cdf, score):
+    """Reference for :class:`_ImplicitOffsets` (the loop over coordinates it replaced): the
+    surrogate offsets ``-(F_i - stop_grad(F_i)) / stop_grad(p_i)``, value 0, one coordinate
+    at a time. Used by the tests to check the vectorised path on the same draws."""
+    tiny = torch.finfo(cdf.dtype).tiny
+    offsets = []
+    for i in range(cdf.size(-1)):
+        weights = torch.softmax(log_weights, -1)
+        conditional_cdf = (weights * cdf[..., i]).sum(-1)
+        conditional_density = (weights * log_density[..., i].exp()).sum(-1).detach()
+        offset = -(conditional_cdf - conditional_cdf.detach()) / conditional_density.clamp(min=tiny)
+        offsets.append(offset)
+        log_weights = log_weights + log_density[..., i] + score[..., i] * offset.unsqueeze(-1)
+    return torch.stack(offsets, -1)
+
+
+class _ImplicitOffsets(torch.autograd.Function):
+    r"""The implicit-reparameterization offsets of a diagonal mixture, all coordinates at once.
+
+    Inputs ``log_weights`` (..., K), ``log_density`` = log p_ki(x_i), ``cdf`` = F_ki(x_i) and
+    ``score`` = d log p_ki / dx_i, each (..., K, D). The output is zero; its vector-Jacobian
+    product is that of the coordinate loop :func:`_offsets_sequential`:
+
+    forward: the responsibilities ``w_ki = softmax_k(log pi_k + sum_{j<i} log p_kj)`` (an
+    exclusive cumulative sum over coordinates), ``F_i = sum_k w_ki F_ki`` and
+    ``p_i = sum_k w_ki p_ki``; with ``G_ki = w_ki (F_ki - F_i) / p_i`` and
+    ``H_ki = w_ki / p_i`` the offsets' differentials are
+    ``do_i = -sum_k H_ki dF_ki - sum_k G_ki dl_ki``,
+    ``dl_ki = dlog pi_k + sum_{j<i} (dlog p_kj + score_kj do_j)``.
+
+    backward: the adjoints ``a_i`` of the offsets solve the unit triangular system
+    ``a_i = g_i - sum_k score_ki R_ki``, ``R_i = sum_{i'>i} G_{i'} a_{i'}`` (back
+    substitution, :func:`_solve_offset_adjoints`; the only loop over coordinates left). Then ``dL/dF_ki = -a_i H_ki``, ``dL/dl_ki = -a_i G_ki``, ``dL/dlog p_kj = sum_{i>j}
+    dL/dl_ki`` and ``dL/dlog pi_k = sum_i dL/dl_ki``.
+    """
+
+    @staticmethod
+    def forward(ctx, log_weights, log_density, cdf, score):
+        # l_ki = log pi_k + sum_{j<i} log p_kj
+        cumulative = torch.cumsum(log_density, -1)
+        logits = (cumulative - log_density).add_(log_weights.unsqueeze(-1))
+        weights = torch.softmax(logits, -2)
+        conditional_cdf = (weights * cdf).sum(-2, keepdim=True)
+        density = (weights * log_density.exp()).sum(-2, keepdim=True)
+        scaled = weights / density.clamp(min=torch.finfo(density.dtype).tiny)  # H
+        ctx.save_for_backward(scaled, cdf - conditional_cdf, score)
+        return torch.zeros_like(cdf[..., 0, :])
+
+    @staticmethod
+    def backward(ctx, grad):
+        scaled, centred_cdf, score = ctx.saved_tensors
+        g_mat = scaled * centred_cdf  # G (..., K, D)
+        adjoint = _solve_offset_adjoints(g_mat, score, grad)  # (..., D)
+        grad_logits = -adjoint.unsqueeze(-2) * g_mat  # dL/dl_ki
+        grad_cdf = -adjoint.unsqueeze(-2) * scaled
+        total = grad_logits.sum(-1, keepdim=True)
+        grad_log_density = total - torch.cumsum(grad_logits, -1)  # sum over i > j
+        return total.squeeze(-1), grad_log_density, grad_cdf, None
+
+
+def _solve_offset_adjoints(g_mat, score, grad):
+    """Solve ``a_i = g_i - score_i . R_i``, ``R_i = sum_{i'>i} G_{i'} a_{i'}`` for all i: a
+    unit upper-triangular system in the coordinates, by back substitution (three small
+    operations on (..., K) per coordinate; a batched triangular solve of the explicit D x D
+    system or a parallel scan of (K+1) x (K+1) affine maps measured 5-60 times slower)."""
+    g_cols = g_mat.movedim(-1, 0).contiguous()  # (D, ..., K)
+    s_cols = score.movedim(-1, 0).contiguous()
+    grad_cols = grad.movedim(-1, 0).contiguous()  # (D, ...)
+    adjoint = torch.empty_like(grad_cols)
+    state = torch.zeros_like(g_cols[0])
+    for i in range(grad_cols.size(0) - 1, -1, -1):
+        a_i = grad_cols[i] - torch.linalg.vecdot(s_cols[i], state)
+        adjoint[i] = a_i
+        state = state.addcmul_(g_cols[i], a_i.unsqueeze(-1)) if i else state
+    return adjoint.movedim(0, -1)

@@ -3,10 +3,17 @@
 import functools
 import math
 
+import numpy as np
 import torch
 from torch.distributions import register_kl
 
-from pvae.distributions.bessel import bessel_iv_ratio, log_bessel_iv
+from pvae.distributions.bessel import (
+    _DEBYE_MIN_ORDER,
+    _log_iv_and_ratio,
+    _log_iv_and_ratio_static,
+    bessel_iv_ratio,
+    log_bessel_iv,
+)
 from pvae.distributions.hyperspherical_uniform import HypersphericalUniform, log_sphere_area
 from pvae.distributions.spherical import SphericalLocConcentration
 
@@ -17,8 +24,6 @@ _MAX_REJECTION_ROUNDS = 1000
 @functools.lru_cache(maxsize=8)
 def _gauss_legendre_unit(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Legendre nodes and weights on [0, 1], float64."""
-    import numpy as np
-
     nodes, weights = np.polynomial.legendre.leggauss(n)
     nodes = torch.as_tensor((nodes + 1) / 2, dtype=torch.float64, device=device)
     weights = torch.as_tensor(weights / 2, dtype=torch.float64, device=device)
@@ -41,6 +46,23 @@ def _log_normalizer_plus_kappa(kappa: torch.Tensor, d: int) -> torch.Tensor:
     )
 
 
+def _normalizer_terms(kappa: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log C_d(kappa) + kappa, 1 - A_d(kappa))`` in float64 without gradient, from one
+    evaluation of the Bessel functions; ``1 - A`` is the derivative of the first in kappa."""
+    with torch.no_grad():
+        kappa = kappa.detach().double()
+        nu = d / 2 - 1
+        if nu >= _DEBYE_MIN_ORDER:
+            xp = _namespace(kappa)
+            k = _as(kappa, xp)
+            log_iv, ratio = _log_iv_and_ratio_static(nu, k)
+            log_norm = nu * xp.log(k) - (d / 2) * math.log(2 * math.pi) - (log_iv - k)
+            return _tensor(log_norm), _tensor(1 - ratio)
+        log_iv, ratio = _log_iv_and_ratio(torch.tensor(nu, dtype=kappa.dtype), kappa, nu)
+        log_norm = nu * torch.log(kappa) - (d / 2) * math.log(2 * math.pi) - (log_iv - kappa)
+        return log_norm, 1 - ratio
+
+
 def _sample_one_minus_w_d3(kappa: torch.Tensor) -> torch.Tensor:
     """Exact inverse-CDF sample of ``1 - w`` for d = 3, differentiable in kappa (float64)."""
     u = torch.rand_like(kappa)
@@ -48,93 +70,277 @@ def _sample_one_minus_w_d3(kappa: torch.Tensor) -> torch.Tensor:
     return -torch.log1p((1 - u) * torch.expm1(-2 * kappa)) / kappa
 
 
-def _wood_constants(kappa: torch.Tensor, d: int) -> tuple[torch.Tensor, ...]:
-    """(b, x0, 1 - x0, log1p(x0)) of Wood's envelope, in the stable forms used below."""
-    m1 = d - 1.0
-    b = m1 / (2 * kappa + torch.sqrt(4 * kappa * kappa + m1 * m1))
-    x0 = (1 - b) / (1 + b)
-    return b, x0, 2 * b / (1 + b), torch.log1p(x0)
+def _namespace(t: torch.Tensor):
+    """The array library for the per-sample scalar computations (sampler, quadrature,
+    normalizer) on ``t``'s device: numpy for CPU tensors, whose per-call overhead on these
+    small arrays is a fraction of torch's (a few hundred calls per ``rsample``), torch
+    otherwise. The code below uses only what both spell the same way; random draws always
+    come from torch's generator, so ``torch.manual_seed`` fixes the samples either way."""
+    return np if t.device.type == "cpu" else torch
 
 
-def _wood_propose(kappa, b, x0, one_minus_x0, log1p_x0, d: int):
-    """One round of Wood's proposal for ``y = 1 - w``: (proposal, accepted)."""
+def _as(t: torch.Tensor, xp):
+    return t.detach().numpy() if xp is np else t.detach()
+
+
+def _tensor(a) -> torch.Tensor:
+    # numpy turns 0-d results into scalars (np.generic)
+    return torch.from_numpy(np.asarray(a)) if isinstance(a, np.ndarray | np.generic) else a
+
+
+def _flatnonzero(a, xp):
+    return np.flatnonzero(a) if xp is np else torch.nonzero(a).squeeze(-1)
+
+
+def _wood_constants(kappa, d: int) -> tuple:
+    """Per-element constants of Wood's envelope: ``kappa``, ``b``, ``r = x0 / (1 - x0)`` and
+    ``K = kappa (1 - x0) - (d - 1) log1p(x0)``, with
+    ``b = (d-1) / (2 kappa + sqrt(4 kappa^2 + (d-1)^2))`` and ``x0 = (1 - b) / (1 + b)``
+    (``1 - x0 = 2 b / (1 + b)`` without cancellation). numpy arrays or tensors."""
+    xp = np if isinstance(kappa, np.ndarray) else torch
     m1 = d - 1.0
-    half = torch.full_like(kappa, m1 / 2)
-    z = torch.distributions.Beta(half, half).sample()
-    proposal = 2 * b * z / (1 - (1 - b) * z)
-    log_u = torch.log(torch.rand_like(z))
-    # kappa w + (d-1) log(1 - x0 w) - c >= log u, with c = kappa x0 + (d-1) log(1 - x0^2)
-    log_accept = kappa * (one_minus_x0 - proposal) + m1 * (
-        torch.log1p(x0 * proposal / one_minus_x0) - log1p_x0
-    )
-    return proposal, log_u <= log_accept
+    b = m1 / (2 * kappa + xp.sqrt(4 * kappa * kappa + m1 * m1))
+    one_plus_b = 1 + b
+    k = kappa * (2 * b / one_plus_b) - m1 * xp.log1p((1 - b) / one_plus_b)
+    return kappa, b, (1 - b) / (2 * b), k
+
+
+def _wood_propose(constants: tuple, d: int, proposals: int, device):
+    """``proposals`` proposals of Wood's sampler per element for ``y = 1 - w``:
+    (proposals, accepted), each (n, proposals), from constants of shape (n, 1).
+
+    ``z = G1 / (G1 + G2) ~ Beta((d-1)/2, (d-1)/2)`` (one call to the gamma sampler) and
+    ``y = 2 b z / (1 - (1 - b) z) = 2 b G1 / (G2 + b G1)``. Accepted when
+    ``log u <= kappa w + (d-1) log(1 - x0 w) - kappa x0 - (d-1) log(1 - x0^2)``, i.e.
+    ``log u + kappa y - (d-1) log1p(r y) <= K`` with ``w = 1 - y``.
+    """
+    kappa, b, r, k = constants
+    xp = np if isinstance(kappa, np.ndarray) else torch
+    shape = (kappa.shape[0], proposals)
+    alpha = torch.full((2,) + shape, (d - 1) / 2, dtype=torch.float64, device=device)
+    g1, g2 = _as(torch._standard_gamma(alpha), xp)
+    u = _as(torch.rand(shape, dtype=torch.float64, device=device), xp)
+    bg1 = b * g1
+    proposal = 2 * bg1 / (g2 + bg1)
+    excess = xp.log(u) + kappa * proposal - (d - 1) * xp.log1p(r * proposal)
+    return proposal, excess <= k
+
+
+def _first_accepted(constants: tuple, d: int, proposals: int, device):
+    """``proposals`` independent rounds of Wood's sampler at once per element: (the first
+    accepted proposal, whether any was), i.e. the outcome of that many sequential rounds."""
+    proposal, accept = _wood_propose(constants, d, proposals, device)
+    first = (accept * 1).argmax(-1)  # first True (0 if none)
+    rows = (np if isinstance(accept, np.ndarray) else torch).arange(accept.shape[0])
+    return proposal[rows, first], accept.any(-1)
+
+
+# Wood's acceptance is >= ~0.7 (0.71 at d = 64 and 512, kappa = 1e4): 2 proposals per
+# element leave <= 9% pending, and 16 for those leave ~3e-9 of them pending.
+_PROPOSALS_FIRST_ROUND = 2
+_PROPOSALS_LATER_ROUNDS = 16
 
 
 def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int) -> torch.Tensor:
-    """Wood's (1994) rejection sampler for ``y = 1 - w``, vectorized over elements (float64).
+    """Wood's (1994) rejection sampler for ``y = 1 - w``, vectorized over elements, float64.
 
     Written in terms of ``y`` so that huge concentrations (``y ~ d / kappa``) keep relative
-    precision. Loops over rounds, resampling only the still-rejected elements; raises after
-    ``_MAX_REJECTION_ROUNDS`` rounds instead of returning unaccepted proposals.
+    precision. Each round draws several proposals per still-pending element at once
+    (``_PROPOSALS_FIRST_ROUND``, then ``_PROPOSALS_LATER_ROUNDS``) and keeps the first
+    accepted one (the same law as proposing one at a time), so a batch needs one or two
+    rounds, i.e. one or two host synchronisations. Raises after ``_MAX_REJECTION_ROUNDS``
+    rounds instead of returning unaccepted proposals.
     """
-    flat_kappa = kappa.detach().reshape(-1)
-    constants = _wood_constants(flat_kappa, d)
-    y = torch.full_like(flat_kappa, float("nan"))
-    pending = torch.arange(flat_kappa.numel(), device=kappa.device)
+    xp = _namespace(kappa)
+    constants = _wood_constants(_as(kappa.double().reshape(-1, 1), xp), d)
+    y, pending = None, None
     for _ in range(_MAX_REJECTION_ROUNDS):
-        if pending.numel() == 0:
-            return y.reshape(kappa.shape)
-        proposal, accept = _wood_propose(flat_kappa[pending], *(c[pending] for c in constants), d=d)
-        y[pending[accept]] = proposal[accept]
-        pending = pending[~accept]
+        if pending is None:
+            y, accepted = _first_accepted(constants, d, _PROPOSALS_FIRST_ROUND, kappa.device)
+            pending = _flatnonzero(~accepted, xp)
+        else:
+            chosen, accepted = _first_accepted(
+                tuple(c[pending] for c in constants), d, _PROPOSALS_LATER_ROUNDS, kappa.device
+            )
+            y[pending[accepted]] = chosen[accepted]
+            pending = pending[~accepted]
+        if pending.shape[0] == 0:
+            return _tensor(y).reshape(kappa.shape)
+    left = constants[0].shape[0] if pending is None else pending.shape[0]
     raise RuntimeError(
-        f"VonMisesFisher.rsample: {pending.numel()} elements still rejected after "
+        f"VonMisesFisher.rsample: {left} elements still rejected after "
         f"{_MAX_REJECTION_ROUNDS} rounds of Wood's sampler; check the concentration values."
     )
 
 
 def wood_acceptance_rate(kappa: torch.Tensor, d: int, num_proposals: int = 10_000) -> torch.Tensor:
     """Monte Carlo estimate of the acceptance probability of Wood's sampler (diagnostics)."""
-    kappa = torch.as_tensor(kappa, dtype=torch.float64)
-    kappa = kappa.unsqueeze(-1).expand(kappa.shape + (num_proposals,))
-    _, accept = _wood_propose(kappa, *_wood_constants(kappa, d), d=d)
-    return accept.double().mean(-1)
+    kappa = torch.as_tensor(kappa, dtype=torch.float64).reshape(-1, 1)
+    _, accept = _wood_propose(_wood_constants(kappa, d), d, num_proposals, kappa.device)
+    return accept.double().mean(-1).reshape(kappa.shape[:-1] if kappa.numel() != 1 else ())
 
 
-def _implicit_dw_dkappa(y: torch.Tensor, kappa: torch.Tensor, d: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _quadrature_table(d: int, device: torch.device | None):
+    """Per-node constants of the implicit-gradient quadrature (float64; numpy arrays when
+    ``device`` is None): (1 - tau^2, log of ``weight * tau^(d-2)``, the (m, 2) matrix
+    [1, tau^2])."""
+    # 32 nodes reach ~1e-11 relative up to d = 128, 64 nodes ~1e-10 at d = 1024
+    tau, weights = _gauss_legendre_unit(
+        32 if d <= 128 else _QUADRATURE_NODES, device or torch.device("cpu")
+    )
+    tau2 = tau * tau
+    log_base = torch.log(weights) + (d - 2) * torch.log(tau)
+    moments = torch.stack([torch.ones_like(tau2), tau2], -1)
+    table = (1 - tau2, log_base, moments)
+    return tuple(t.numpy() for t in table) if device is None else table
+
+
+def _implicit_dw_dkappa(
+    y: torch.Tensor, kappa: torch.Tensor, d: int, one_minus_mean: torch.Tensor | None = None
+) -> torch.Tensor:
     """``dw/dkappa = -(dF/dkappa) / p(w)`` for the marginal of ``w = <loc, x>`` (float64).
 
     With ``p(s) ∝ exp(kappa s) (1 - s^2)^((d-3)/2)`` and ``A = E[s] = A_d(kappa)``,
     ``dF(w)/dkappa = int_{-1}^{w} (s - A) p(s) ds = -int_{w}^{1} (s - A) p(s) ds``. We integrate
     over the side nearer to w (distance ``delta <= 1``) with ``s = ±(1 - delta tau^2)``, which
-    removes the endpoint singularity ``(1 - s^2)^((d-3)/2)``, by 64-point Gauss-Legendre in
-    ``tau``, with ``p(s) / p(w)`` formed in log space (checked against mpmath to ~1e-10
-    relative for d up to 1024 and kappa up to 1e6).
+    removes the endpoint singularity ``(1 - s^2)^((d-3)/2)``, by Gauss-Legendre in ``tau``
+    (32 nodes for d <= 128, 64 above), with ``p(s) / p(w)`` formed in log space (checked
+    against mpmath to ~1e-10 relative for d up to 1024 and kappa up to 1e6).
+
+    ``sum_j e_j (s_j - A)`` is split as ``(1 - A - 2 [bottom]) sum_j e_j - sign delta sum_j e_j
+    tau_j^2``: one exp over the (samples, nodes) grid and one matrix product. Same value as
+    the per-node form it replaced (tests/distributions/test_spherical.py compares them on the
+    same draws). ``one_minus_mean``: ``1 - A_d(kappa)`` if already computed.
     """
-    kappa = kappa.detach().double()
-    y = y.detach().double()
-    # 32 nodes reach ~1e-11 relative up to d = 128, 64 nodes ~1e-10 at d = 1024
-    tau, weights = _gauss_legendre_unit(32 if d <= 128 else _QUADRATURE_NODES, y.device)
-    one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa)
-    top = y <= 1
-    delta = torch.where(top, y, 2 - y)
-    sign = torch.where(top, 1.0, -1.0)
-    tau2 = tau * tau
-    # s - A = (1 - A) - delta tau^2 on the top side, delta tau^2 - 2 + (1 - A) on the bottom
-    s_minus_mean = (one_minus_mean - 2 * (~top)).unsqueeze(-1) - sign.unsqueeze(-1) * (
-        delta.unsqueeze(-1) * tau2
+    if one_minus_mean is None:
+        one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa.detach().double())
+    xp = _namespace(y)
+    y, kappa, one_minus_mean = (
+        _as(t.double().expand(y.shape), xp) for t in (y, kappa, one_minus_mean)
     )
-    log_ratio = (kappa * sign * delta).unsqueeze(-1) * (1 - tau2) + (
-        (d - 2) * torch.log(tau) + (torch.log(2 * delta)).unsqueeze(-1)
-    )
+    one_minus_tau2, log_base, moments = _quadrature_table(d, None if xp is np else y.device)
+    bottom = y > 1
+    delta = xp.where(bottom, 2 - y, y)
+    sign = 1 - 2.0 * bottom
+    # log p(s) / p(w) - log(2 delta) = kappa sign delta (1 - tau^2) + (d - 2) log tau
+    #   + (d - 3)/2 log1p(delta / (2 - delta) (1 - tau^2))
+    log_ratio = (kappa * sign * delta)[..., None] * one_minus_tau2 + log_base
     if d != 3:
-        # (1 - s^2) / (1 - w^2) = tau^2 (2 - delta tau^2) / (2 - delta)
-        log_ratio = log_ratio + 0.5 * (d - 3) * torch.log1p(
-            (delta / (2 - delta)).unsqueeze(-1) * (1 - tau2)
+        log_ratio += (0.5 * (d - 3)) * xp.log1p((delta / (2 - delta))[..., None] * one_minus_tau2)
+    sums = xp.exp(log_ratio) @ moments  # (..., 2): sum_j e_j, sum_j e_j tau_j^2
+    integral = (one_minus_mean - 2.0 * bottom) * sums[..., 0] - sign * delta * sums[..., 1]
+    return _tensor(sign * 2 * delta * integral)
+
+
+class _ReflectFromE1(torch.autograd.Function):
+    """``x = Q [w; sqrt(1 - w^2) g / |g|]`` with Q the reflection of ``_householder_from_e1``
+    and ``w = 1 - y``, with a hand-written backward (fewer passes over the (n, d) arrays).
+
+    ``g`` (any nonzero vectors of size d - 1) is normalized inside through the scalar
+    ``1 / |g|`` rather than by a pass over ``g``. With ``sign = ±1`` the sign of ``loc_1``,
+    ``v = g / |g|``, ``u = sign loc + e1``, ``x0 = [w; s v]``, ``c = u.x0``, ``q = u.u``,
+    ``alpha = 2 c / q``: ``x = sign (alpha u - x0)``; the backward is
+    ``dL/dloc = alpha g_x - (2 (g_x.u) / q) sign x`` and
+    ``dL/dw = sign (alpha' (g_x.u) - g_x.x0')`` with ``x0' = [1; -(w / s) v]``,
+    ``alpha' = 2 u.x0' / q`` (``g_x`` the incoming gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, y, gaussian, loc):
+        # Passes over the (n, d) arrays in torch; the per-sample scalars in _namespace.
+        loc_1 = loc[..., 0]
+        sums = torch.stack(
+            [
+                torch.linalg.vecdot(gaussian, gaussian),
+                torch.linalg.vecdot(loc[..., 1:], gaussian),
+                torch.linalg.vecdot(loc, loc),
+                loc_1,
+                y.expand(loc_1.shape),
+            ]
         )
-    sign = sign.unsqueeze(-1)
-    integral = (torch.exp(log_ratio) * s_minus_mean * weights).sum(-1)
-    return sign.squeeze(-1) * integral
+        xp = _namespace(sums)
+        norm2, loc_g, loc_sq, loc_1, y = _as(sums, xp)
+        sign = 1 - 2.0 * (loc_1 < 0)
+        inv_norm = 1 / xp.sqrt(norm2)
+        w = 1 - y
+        sin = xp.sqrt(xp.clip(y * (2 - y), 0.0, None))
+        loc_v = loc_g * inv_norm  # loc_{2:}.v
+        u1 = xp.abs(loc_1) + 1  # u_1 = sign loc_1 + 1
+        q = loc_sq + 2 * xp.abs(loc_1) + 1  # |u|^2
+        alpha = 2 * (u1 * w + sign * sin * loc_v) / q
+        coefs = _tensor(xp.stack([alpha, sign * (alpha - w), -sign * sin * inv_norm]))
+        coefs = coefs.to(loc.dtype)
+        # x = alpha loc + sign (alpha - w) e1 - sign sin v
+        x = loc * coefs[0].unsqueeze(-1)
+        x[..., 0] += coefs[1]
+        x[..., 1:].addcmul_(gaussian, coefs[2].unsqueeze(-1))
+        ctx.save_for_backward(gaussian, loc, x)
+        ctx.scalars = (xp, sign, w, sin, alpha, q, loc_v, u1, inv_norm)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        gaussian, loc, x = ctx.saved_tensors
+        xp, sign, w, sin, alpha, q, loc_v, u1, inv_norm = ctx.scalars
+        sums = torch.stack(
+            [
+                torch.linalg.vecdot(grad, loc),
+                torch.linalg.vecdot(grad[..., 1:], gaussian),
+                grad[..., 0],
+            ]
+        )
+        g_loc, g_g, g_1 = _as(sums, xp)
+        g_u = sign * g_loc + g_1  # g.u
+        ds = -w / xp.clip(sin, np.finfo(np.float64).tiny, None)  # d sin / dw
+        u_dx0 = u1 + ds * sign * loc_v
+        g_dx0 = g_1 + ds * g_g * inv_norm
+        grad_y = _tensor(-sign * (2 * u_dx0 / q * g_u - g_dx0)).to(grad.dtype)
+        grad_loc = None
+        if ctx.needs_input_grad[2]:
+            coef = _tensor(-2 * sign * g_u / q).to(grad.dtype)
+            grad_loc = grad * _tensor(alpha).to(grad.dtype).unsqueeze(-1)
+            grad_loc.addcmul_(x, coef.unsqueeze(-1))
+        return (grad_y if ctx.needs_input_grad[0] else None), None, grad_loc
+
+
+class _HalfSquaredDistance(torch.autograd.Function):
+    """``|value - loc|^2 / 2`` over the last dim, backward ``(value - loc) g`` and its
+    negative (one pass each way instead of autograd's four)."""
+
+    @staticmethod
+    def forward(ctx, value, loc):
+        diff = value - loc
+        ctx.save_for_backward(diff)
+        return 0.5 * torch.linalg.vecdot(diff, diff)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (diff,) = ctx.saved_tensors
+        grad_value = diff * grad.unsqueeze(-1)
+        grad_loc = -grad_value if ctx.needs_input_grad[1] else None
+        return (grad_value if ctx.needs_input_grad[0] else None), grad_loc
+
+
+def half_squared_distance(value: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    """``|value - loc|^2 / 2`` over the last dim, broadcasting, with a one-pass backward."""
+    value, loc = torch.broadcast_tensors(value, loc)
+    return _HalfSquaredDistance.apply(value, loc)
+
+
+def _tangent_gaussians(shape: torch.Size, d: int, dtype, device) -> torch.Tensor:
+    """Gaussian vectors of dimension d - 1 whose direction is the uniform tangent direction
+    (``_ReflectFromE1`` normalizes them in ``dtype``).
+
+    The Gaussians are drawn in float32 whatever ``dtype`` (torch's float64 normal sampler is
+    4-5 times slower on CPU, the largest single cost of ``rsample`` at d >= 64) and cast: the
+    direction only needs float32 resolution, and the normalization in ``dtype`` keeps unit
+    norm to ``dtype``'s precision. Deviation from uniformity: torch's float32 Box-Muller caps
+    each Gaussian pair's radius at sqrt(48 log 2) = 5.77 (probability 2^-24 = 6e-8 per pair),
+    so the direction is uniform up to a total variation distance of at most
+    (d - 1) / 2 * 6e-8 (1.5e-5 at d = 512), on a float32 lattice (relative spacing 6e-8).
+    """
+    return torch.randn(shape + (d - 1,), dtype=torch.float32, device=device).to(dtype)
 
 
 def _householder_from_e1(x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
@@ -198,6 +404,18 @@ class VonMisesFisher(SphericalLocConcentration):
         with torch.no_grad():
             return self.rsample(sample_shape)
 
+    def _normalizer_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log C + kappa, 1 - A)`` for ``self.concentration`` (float64, no gradient),
+        computed once per instance and concentration version: ``rsample`` and ``log_prob``
+        on the same distribution (as in an ELBO) share one Bessel evaluation."""
+        kappa = self.concentration
+        key = (id(kappa), kappa._version)
+        cached = self.__dict__.get("_normalizer_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, *_normalizer_terms(kappa, self.dim))
+            self._normalizer_cache = cached
+        return cached[1], cached[2]
+
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         d = self.dim
@@ -208,26 +426,27 @@ class VonMisesFisher(SphericalLocConcentration):
         else:
             y = _sample_one_minus_w_wood(kappa64, d)
             if torch.is_grad_enabled() and kappa.requires_grad:
-                dw_dkappa = _implicit_dw_dkappa(y, kappa64, d)
+                one_minus_mean = self._normalizer_terms()[1].expand(shape[:-1])
+                dw_dkappa = _implicit_dw_dkappa(y, kappa64, d, one_minus_mean)
                 # Surrogate with the value of y and the implicit gradient dy/dkappa = -dw/dkappa.
                 y = y - dw_dkappa * (kappa64 - kappa64.detach())
-        w = 1 - y
-        sin = torch.sqrt(torch.clamp(y * (2 - y), min=0.0))
-        tangent = torch.randn(shape[:-1] + (d - 1,), dtype=self.loc.dtype, device=self.loc.device)
-        tangent = tangent / torch.linalg.vector_norm(tangent, dim=-1, keepdim=True)
-        x = torch.cat(
-            [w.unsqueeze(-1).to(self.loc.dtype), sin.unsqueeze(-1).to(self.loc.dtype) * tangent], -1
-        )
-        return _householder_from_e1(x, self.loc)
+        gaussian = _tangent_gaussians(shape[:-1], d, self.loc.dtype, self.loc.device)
+        return _ReflectFromE1.apply(y.to(self.loc.dtype), gaussian, self.loc.expand(shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         # kappa <mu, x> = kappa - kappa |x - mu|^2 / 2 for unit vectors; the second form keeps
         # precision when x is close to mu and kappa is large.
-        half_sq_dist = 0.5 * ((value - self.loc) ** 2).sum(-1)
-        log_c_plus_kappa = _log_normalizer_plus_kappa(self.concentration, self.dim)
-        return log_c_plus_kappa.to(half_sq_dist.dtype) - self.concentration * half_sq_dist
+        half_sq_dist = half_squared_distance(value, self.loc)
+        kappa = self.concentration
+        if self.dim == 3:  # closed form, differentiable
+            log_norm = _log_normalizer_plus_kappa(kappa, 3)
+            return log_norm.to(half_sq_dist.dtype) - kappa * half_sq_dist
+        log_norm, one_minus_mean = self._normalizer_terms()
+        if kappa.requires_grad:  # d(log C + kappa)/dkappa = 1 - A
+            log_norm = log_norm + (kappa - kappa.detach()) * one_minus_mean
+        return log_norm.to(half_sq_dist.dtype) - kappa * half_sq_dist
 
     def entropy(self) -> torch.Tensor:
         return _entropy64(self.concentration, self.dim).to(self.concentration.dtype)

@@ -136,3 +136,26 @@ def test_scalar_order_fast_path_agrees_with_general_path(v):
         rtol=1e-10,
         atol=0,
     )
+
+
+@pytest.mark.parametrize("v", [10.0, 31.0, 255.5, 511.0])
+def test_monomial_debye_sum_matches_per_term_horner(v):
+    """The static-order path sums one polynomial in t (coefficients folded with 1 / v^k; numpy
+    by Horner, torch by powers) in place of ``_debye_sum``'s per-k Horner form: same values
+    to rounding, on the same arguments, for both array libraries."""
+    from pvae.distributions.bessel import (
+        _debye_terms,
+        _log_iv_and_ratio_static,
+        _log_iv_debye_parts,
+        _log_ratio_debye,
+    )
+
+    x = torch.logspace(-6, 6, 121, dtype=torch.float64)
+    order = torch.tensor(v, dtype=torch.float64).expand(x.shape)
+    terms = _debye_terms(v)
+    log_iv, r0, log_sum0 = _log_iv_debye_parts(order, x, terms)
+    ratio = torch.exp(_log_ratio_debye(order, x, r0, log_sum0, terms))
+    for path in (x, x.numpy()):
+        fast_log_iv, fast_ratio = (torch.as_tensor(t) for t in _log_iv_and_ratio_static(v, path))
+        torch.testing.assert_close(fast_log_iv, log_iv, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(fast_ratio, ratio, rtol=1e-14, atol=0)

@@ -19,6 +19,7 @@ import scipy.stats
 import torch
 from torch.distributions import transforms
 
+import pvae.distributions.mixture as mixture_module
 from pvae.distributions import ReparameterizedMixture
 
 Z = 5.0
@@ -173,3 +174,120 @@ def test_vectorized_particles_and_batches():
     assert x.shape == (7, 4, 2, 5)
     x.sum().backward()
     assert torch.isfinite(locs.grad).all()
+
+
+# --- fast paths against the slow exact forms they replaced, on the same draws ---
+
+
+class _PlainNormal(dist.Normal):
+    """A Normal the mixture does not recognise: it takes the generic path (autograd score,
+    ``log_prob`` and ``cdf`` of the component)."""
+
+
+def _reference_x_hat(mixture, x):
+    """The surrogate sample of the coordinate loop (pvae before issue 23) at the draws ``x``:
+    component log-densities, CDFs and autograd scores, then ``_offsets_sequential``."""
+    k = mixture._num_components
+    univariate = mixture._event_dim == 0
+    x = x.unsqueeze(-1) if univariate else x
+    base = mixture._base
+    if univariate:
+        base = base.expand(mixture.batch_shape + (k,))
+        x_k = x.expand(x.shape[:-1] + (k,)).detach().requires_grad_()
+    else:
+        base = base.expand(mixture.batch_shape + (k,) + mixture.event_shape)
+        x_k = x.unsqueeze(-2).expand(x.shape[:-1] + (k, x.size(-1))).detach().requires_grad_()
+    log_density = base.log_prob(x_k)
+    (score,) = torch.autograd.grad(log_density.sum(), x_k, retain_graph=True)
+    cdf = base.cdf(x_k)
+    if univariate:
+        log_density, score, cdf = (t.unsqueeze(-1) for t in (log_density, score, cdf))
+    log_weights = mixture._log_weights().expand(log_density.shape[:-1])
+    x_hat = x + mixture_module._offsets_sequential(log_weights, log_density, cdf, score)
+    return x_hat.squeeze(-1) if univariate else x_hat
+
+
+@pytest.mark.parametrize("normal", [dist.Normal, _PlainNormal])
+@pytest.mark.parametrize("shape", [(3, 4), (8, 16), (4, 64), (3, 1)])
+def test_vectorised_offsets_match_coordinate_loop_on_same_draws(normal, shape):
+    """The vectorised offsets (closed-form normal terms, back substitution in the backward)
+    give the gradients of the coordinate loop they replaced, on the same draws."""
+    k, d = shape
+    generator = torch.Generator().manual_seed(k * d)
+    params = [
+        torch.randn(k, generator=generator, dtype=torch.float64),
+        2 * torch.randn(k, d, generator=generator, dtype=torch.float64),
+        0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64),
+    ]
+    params = [t.requires_grad_() for t in params]
+    c = torch.randn(d, generator=generator, dtype=torch.float64)
+
+    def make():
+        logits, locs, scales = params
+        return ReparameterizedMixture(
+            dist.Categorical(logits=logits), normal(locs, scales).to_event(1)
+        )
+
+    x = make().rsample((300,))
+    (x * x * c + x).sum().backward()
+    ours = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    x_ref = _reference_x_hat(make(), x.detach())
+    torch.testing.assert_close(x_ref, x.detach(), rtol=0, atol=0)
+    (x_ref * x_ref * c + x_ref).sum().backward()
+    for mine, reference in zip(ours, [p.grad for p in params], strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_univariate_offsets_match_coordinate_loop_on_same_draws():
+    logits = torch.tensor([0.2, -0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    locs = torch.tensor([-3.0, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    scales = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def make():
+        return ReparameterizedMixture(dist.Categorical(logits=logits), dist.Normal(locs, scales))
+
+    x = make().rsample((500,))
+    ours = torch.autograd.grad((x**3).sum(), [logits, locs, scales])
+    x_ref = _reference_x_hat(make(), x.detach())
+    expected = torch.autograd.grad((x_ref**3).sum(), [logits, locs, scales])
+    for mine, reference in zip(ours, expected, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_closed_form_normal_terms_match_torch_normal():
+    generator = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    loc = torch.randn(5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    scale = (0.3 + torch.rand(5, 4, generator=generator, dtype=torch.float64)).requires_grad_()
+    normal = torch.distributions.Normal(loc, scale)
+    log_density, cdf, score = mixture_module._NormalTerms.apply(x, loc, scale)
+    x_req = x.clone().requires_grad_()
+    (expected_score,) = torch.autograd.grad(normal.log_prob(x_req).sum(), x_req)
+    torch.testing.assert_close(log_density, normal.log_prob(x))
+    torch.testing.assert_close(cdf, normal.cdf(x))
+    torch.testing.assert_close(score, expected_score)
+    assert not score.requires_grad
+    assert torch.autograd.gradcheck(
+        lambda loc, scale: mixture_module._NormalTerms.apply(x, loc, scale)[:2], (loc, scale)
+    )
+    x = x.requires_grad_()
+    assert torch.autograd.gradcheck(mixture_module._NormalLogDensity.apply, (x, loc, scale))
+
+
+def test_log_prob_fast_path_matches_component_log_prob_with_gradients():
+    logits, locs, scales = _parameters(requires_grad=True)
+    x = _ours(logits, locs, scales).sample((50,)).requires_grad_()
+    ours = _ours(logits, locs, scales).log_prob(x)
+    generic = ReparameterizedMixture(
+        dist.Categorical(logits=logits), _PlainNormal(locs, scales).to_event(1)
+    ).log_prob(x)
+    torch.testing.assert_close(ours, generic)
+    leaves = [logits, locs, scales, x]
+    for mine, reference in zip(
+        torch.autograd.grad(ours.sum(), leaves),
+        torch.autograd.grad(generic.sum(), leaves),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, reference)
