@@ -6,6 +6,10 @@
 comes from :class:`pvae.data.semisupervised.SemiSupervisedData`. Any model whose ``model`` and
 ``guide`` take ``(x, y=None)`` and enumerate ``y`` in the guide when it is ``None`` (M2, the
 semi-supervised text VAE) trains with :func:`fit_semisupervised`.
+
+:class:`SemiSupervisedObjective` is the objective ``fit`` gets: that ELBO on a batch of one
+mode, and on a :class:`~pvae.data.semisupervised.MixedStep` (the ``"step"`` schedule) the
+sum of the unlabelled program's loss and ``w`` times the labelled one's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any
 
 import pyro
 import torch
+
+from pvae.data.semisupervised import MixedStep
+from pvae.infer.objectives import ObjectiveValue, PyroObjective, _minibatch_factor
 
 
 class SemiSupervisedELBO(pyro.infer.ELBO):
@@ -45,10 +52,55 @@ class SemiSupervisedELBO(pyro.infer.ELBO):
         return self._pick(args, kwargs)._get_trace(model, guide, args, kwargs)
 
 
+def _mixed_step(args: tuple) -> MixedStep | None:
+    return args[0] if len(args) == 1 and isinstance(args[0], MixedStep) else None
+
+
+class SemiSupervisedObjective(PyroObjective):
+    """A :class:`SemiSupervisedELBO` (or another Pyro ELBO) as ``fit``'s objective, which
+    also scores a :class:`~pvae.data.semisupervised.MixedStep`.
+
+    On a step of both programs the loss is ``loss(x_u) + w loss(x_l, y_l)``, each program's
+    ``"data"`` plate scaled by N / its own size (:func:`pvae.infer.trace.plate_scale`), so its
+    gradient is that of one unlabelled minibatch plus ``w`` times that of one labelled
+    minibatch. ``bound`` is ``-loss`` over the unlabelled plate's factor N / B and
+    ``data_plate`` the unlabelled plate: the step covers the B unlabelled units (the
+    labelled units count at their weight in the bound, not in the units).
+    """
+
+    def __init__(self, elbo: pyro.infer.ELBO | None = None) -> None:
+        super().__init__(elbo if elbo is not None else SemiSupervisedELBO())
+
+    def max_plate_nesting(self, model, guide, args, kwargs) -> int:
+        step = _mixed_step(tuple(args))
+        return super().max_plate_nesting(
+            model, guide, step.unlabelled if step is not None else args, kwargs
+        )
+
+    def __call__(
+        self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
+    ) -> ObjectiveValue:
+        step = _mixed_step(args)
+        if step is None:
+            return super().__call__(model, guide, *args, num_data=num_data, scale=scale, **kwargs)
+        unlabelled = super().__call__(
+            model, guide, *step.unlabelled, num_data=num_data, scale=scale, **kwargs
+        )
+        labelled = super().__call__(
+            model, guide, *step.labelled, num_data=num_data, scale=scale, **kwargs
+        )
+        loss = unlabelled.loss + step.labelled_weight * labelled.loss
+        factor = _minibatch_factor(unlabelled.data_plate, num_data, scale)
+        return ObjectiveValue(
+            loss=loss, bound=-loss.detach() / factor, data_plate=unlabelled.data_plate
+        )
+
+
 def fit_semisupervised(model: Any, data: Any, **fit_kwargs: Any) -> Any:
     """``pvae.infer.train.fit`` of ``model.model``/``model.guide`` with
-    :class:`SemiSupervisedELBO`. ``data`` is usually a
-    :class:`~pvae.data.semisupervised.SemiSupervisedData`; returns ``fit``'s ``FitResult``."""
+    :class:`SemiSupervisedObjective` (:class:`SemiSupervisedELBO`). ``data`` is usually a
+    :class:`~pvae.data.semisupervised.SemiSupervisedData` of either schedule; returns
+    ``fit``'s ``FitResult``."""
     from pvae.infer.train import fit
 
-    return fit(model.model, model.guide, data, objective=SemiSupervisedELBO(), **fit_kwargs)
+    return fit(model.model, model.guide, data, objective=SemiSupervisedObjective(), **fit_kwargs)

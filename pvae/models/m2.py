@@ -24,7 +24,8 @@ an observed site ``"y_aux" ~ q(y | x)`` scaled by ``alpha``, so the training bou
 batch is ``ELBO(x, y) + alpha * log q(y | x)`` (with pvae's minibatch scaling N/B applied to it
 like to every site in the data plate). Train with
 :func:`pvae.infer.semisupervised.fit_semisupervised`, i.e. ``fit(m.model, m.guide, data,
-objective=SemiSupervisedELBO())`` (y summed out exactly on unlabelled batches). ``fit``
+objective=SemiSupervisedObjective())`` (y summed out exactly on unlabelled batches; with the
+``"step"`` schedule of ``SemiSupervisedData`` every step also scores a labelled minibatch). ``fit``
 validates with that same objective; :meth:`M2.training_setup` adds the validation accuracy
 of q(y | x) and selects the best epoch by it.
 
@@ -164,11 +165,20 @@ class M2(StandardNormalPrior):
         return self.classifier(self._flat(x))
 
     def training_setup(
-        self, train: Any, valid: Any = None, *, num_labels: int = 100, seed: int = 0, **_: Any
+        self,
+        train: Any,
+        valid: Any = None,
+        *,
+        num_labels: int = 100,
+        seed: int = 0,
+        labelled_schedule: str = "epoch",
+        **_: Any,
     ) -> dict[str, Any]:
         """``fit`` arguments for a run of M2: ``num_labels`` labelled images (balanced, drawn
-        with ``seed``) among the unlabelled rest (:class:`SemiSupervisedData`) and
-        :class:`SemiSupervisedELBO`.
+        with ``seed``) among the unlabelled rest (:class:`SemiSupervisedData`, whose
+        ``schedule`` is ``labelled_schedule``: ``"epoch"``, the labelled set as its own batches
+        once an epoch, or ``"step"``, a labelled minibatch in every step at the weight that
+        keeps the epoch's objective) and :class:`SemiSupervisedObjective`.
 
         With a labelled ``valid`` set, every epoch records ``valid_bound`` (the bound on
         log p(x), y summed out, on its images without labels) and ``valid_accuracy`` of
@@ -179,11 +189,13 @@ class M2(StandardNormalPrior):
         """
         from pvae.data.semisupervised import SemiSupervisedData
         from pvae.infer.callbacks import ValidMetrics
-        from pvae.infer.semisupervised import SemiSupervisedELBO
+        from pvae.infer.semisupervised import SemiSupervisedObjective
 
         setup: dict[str, Any] = dict(
-            train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
-            objective=SemiSupervisedELBO(),
+            train_data=SemiSupervisedData(
+                train, num_labels, self.num_classes, seed=seed, schedule=labelled_schedule
+            ),
+            objective=SemiSupervisedObjective(),
             valid_data=None,
         )
         if valid is not None:

@@ -375,19 +375,31 @@ class SSTextVAE(TextModel):
         return self.by_length(x)
 
     def training_setup(
-        self, train: Any, valid: Any = None, *, num_labels: int = 100, seed: int = 0, **_: Any
+        self,
+        train: Any,
+        valid: Any = None,
+        *,
+        num_labels: int = 100,
+        seed: int = 0,
+        labelled_schedule: str = "epoch",
+        **_: Any,
     ) -> dict[str, Any]:
         """``fit`` arguments: ``num_labels`` labelled sentences (class balanced, drawn with
-        ``seed``) among the unlabelled rest (:class:`SemiSupervisedData`) and
-        :meth:`objective`. With a labelled ``valid`` set every epoch records ``valid_bound``
+        ``seed``) among the unlabelled rest (:class:`SemiSupervisedData` with ``schedule``
+        ``labelled_schedule``, as :meth:`pvae.models.m2.M2.training_setup`) and
+        :meth:`objective` (as a :class:`SemiSupervisedObjective`). With a labelled ``valid``
+        set every epoch records ``valid_bound``
         (on its sentences without labels) and ``valid_accuracy``, which picks the best
         checkpoint, as :meth:`pvae.models.m2.M2.training_setup`."""
         from pvae.data.semisupervised import SemiSupervisedData
         from pvae.infer.callbacks import ValidMetrics
+        from pvae.infer.semisupervised import SemiSupervisedObjective
 
         setup: dict[str, Any] = dict(
-            train_data=SemiSupervisedData(train, num_labels, self.num_classes, seed=seed),
-            objective=self.objective(),
+            train_data=SemiSupervisedData(
+                train, num_labels, self.num_classes, seed=seed, schedule=labelled_schedule
+            ),
+            objective=SemiSupervisedObjective(self.objective()),
             valid_data=None,
         )
         if valid is not None:

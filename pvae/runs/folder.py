@@ -37,7 +37,8 @@ from pvae.models.registry import build_model
 CHECKPOINTS = "checkpoints"
 #: config.json keys (``train.*``: its training options) that a resume must keep, with the
 #: flag that sets each: they decide the data order, the steps and the model of the epochs
-#: already trained (``num_labels``: which training items M2 sees labelled).
+#: already trained (``num_labels``: which training items M2 sees labelled;
+#: ``labelled_schedule``: when it sees them).
 FIXED = {
     "model": "--model",
     "dataset": "--dataset",
@@ -46,6 +47,7 @@ FIXED = {
     "num_particles": "--num-particles",
     "train_size": "--train-size",
     "num_labels": "--num-labels",
+    "labelled_schedule": "--labelled-schedule",
     "monitor": "the model's monitored metric",
     "train.batch_size": "--batch-size",
     "train.lr": "--lr",

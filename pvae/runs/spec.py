@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvae.data.semisupervised import SCHEDULES
 from pvae.infer.train import TrainConfig
 
 OBJECTIVES = ("elbo", "iwae", "dreg")
@@ -21,7 +22,9 @@ class TrainSpec:
     the device; ``eval_samples``/``eval_size`` the test evaluation (``eval_samples`` ``None``:
     the model's ``default_eval_samples``); ``train_size`` keeps only
     the first N training units (smoke runs, with a validation set of ``max(100, N // 5)``);
-    ``num_labels`` goes to models whose ``training_setup`` takes it (M2).
+    ``num_labels`` and ``labelled_schedule`` (``"epoch"`` or ``"step"``, see
+    :class:`~pvae.data.semisupervised.SemiSupervisedData`) go to models whose
+    ``training_setup`` takes them (M2, the SSVAE).
     """
 
     model: str = "vae"
@@ -34,6 +37,7 @@ class TrainSpec:
     eval_size: int | None = None
     train_size: int | None = None
     num_labels: int = 100
+    labelled_schedule: str = "epoch"
     out: Path | None = None
     resume: bool = False
     progress: bool = True
@@ -48,6 +52,11 @@ class TrainSpec:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.labelled_schedule not in SCHEDULES:
+            raise ValueError(
+                f"labelled_schedule must be one of {', '.join(SCHEDULES)}, "
+                f"got {self.labelled_schedule!r}"
+            )
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if "input_shape" in self.model_options:

@@ -214,7 +214,13 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
         )
     data_options = train.model_options()
     model = build_run_model(spec, data_options)
-    setup = model.training_setup(train, valid, num_labels=spec.num_labels, seed=spec.train.seed)
+    setup = model.training_setup(
+        train,
+        valid,
+        num_labels=spec.num_labels,
+        seed=spec.train.seed,
+        labelled_schedule=spec.labelled_schedule,
+    )
     _check_annealing(spec, setup.get("objective"))
     config = {
         "model": spec.model,
@@ -228,6 +234,7 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
         "eval_size": len(test),
         "train_size": len(train),
         "num_labels": spec.num_labels,
+        "labelled_schedule": spec.labelled_schedule,
         "command": spec.command,
     }
     if distributed is not None:
