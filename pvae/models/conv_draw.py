@@ -279,6 +279,17 @@ class ConvDRAW(ImageModel):
             dim=-1,
         )
 
+    def eval_datum_size(self, args: tuple) -> int | None:
+        """Elements one importance sample holds at once: an LSTM's gates and states (6 maps of
+        the state's size), the read network's first level and the image-sized canvas and
+        error; the evaluator sizes its chunks of samples with it."""
+        channels, height, width_ = self.state_shape
+        first_level = channels * self.input_shape[1] * self.input_shape[2] // 4
+        pixels = self.canvas_bias.numel()
+        return (
+            6 * channels * height * width_ + (first_level if self.config.levels else 0) + 3 * pixels
+        )
+
     def output_bias(self) -> torch.Tensor | None:
         """The canvas's starting logits (one per pixel), set to logit(mean pixel)."""
         return self.canvas_bias

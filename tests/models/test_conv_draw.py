@@ -125,6 +125,8 @@ def test_sites_samples_and_compression_shapes():
     torch.testing.assert_close(rows[:, 0], x)
     with pytest.raises(ValueError, match="k must be in 0..3"):
         model.reconstruct_from_first(x, 4)
+    # The evaluator's chunks are sized by the recurrent maps, larger than the image here.
+    assert model.eval_datum_size((x,)) > 6 * 6 * 7 * 7 > x[0].numel()
 
 
 def test_compression_reads_the_first_k_latents_and_draws_the_rest():
