@@ -14,7 +14,8 @@ reports), beside the papers' numbers. Usage::
     python benchmarks/graph_link_prediction.py --smoke      # seconds: 2 epochs, 1 seed, Cora
 
 Each run's numbers are appended to ``<out>.jsonl`` as it finishes, and the table is rewritten
-from all of them, so an interrupted sweep keeps its finished runs (``--resume`` skips them).
+from all of them, so an interrupted sweep keeps its finished runs (``--resume`` skips them;
+``--table-only`` rewrites the table from them).
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="keep the runs in <out>.jsonl")
     parser.add_argument("--smoke", action="store_true", help="2 epochs, 1 seed, Cora only")
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite the table from <out>.jsonl, no training"
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     if args.smoke:
@@ -143,13 +147,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     log = out.with_suffix(".jsonl")
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if args.resume else []
+    keep = args.resume or args.table_only
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if keep else []
     done = {(r["dataset"], r["model"], r["seed"]) for r in rows if r["epochs"] == args.epochs}
-    if not args.resume:
+    if not keep:
         log.write_text("")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="graph_link_prediction.") as work:
-        for seed in range(args.seeds):
+        for seed in range(0 if args.table_only else args.seeds):
             for dataset in args.datasets:
                 for model in args.models:
                     if (dataset, model, seed) in done:
