@@ -1,0 +1,137 @@
+"""The Stein VAE objective (Pu et al. 2017): the SVGD update moves particles to a Gaussian
+target's mean and variance; the objective's encoder gradient is minus the SVGD direction, and
+particles trained through it reach the exact posterior of a linear-Gaussian model; the fitted
+Gaussian guide gives a finite importance-sampled bound below log p(x)."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pvae.evaluation.importance import log_likelihood
+from pvae.infer.stein import (
+    SteinEncoder,
+    SteinVGD,
+    fitted_gaussian_guide,
+    median_bandwidth,
+    svgd_direction,
+)
+
+
+def test_median_bandwidth_is_the_squared_median_over_log_m():
+    particles = torch.tensor([[0.0], [1.0], [3.0]]).reshape(3, 1, 1)  # distances 1, 2, 3
+    assert torch.allclose(median_bandwidth(particles), torch.tensor([4.0 / math.log(3)]))
+
+
+@pytest.mark.statistical
+def test_svgd_moves_particles_to_the_mean_and_variance_of_a_gaussian(seed):
+    """Target N(mu, diag sigma^2) in 2-d for 3 data at once (each datum its own kernel)."""
+    torch.manual_seed(seed)
+    m = 100
+    mu = torch.tensor([[1.0, -2.0], [0.0, 0.5], [-3.0, 3.0]])  # (B, D)
+    sigma = torch.tensor([[0.5, 1.0], [1.0, 1.0], [0.7, 0.5]])
+    particles = torch.randn(m, 3, 2) * 0.1 + 2.0  # away from every target, too narrow
+    for _ in range(1500):
+        score = -(particles - mu) / sigma**2
+        particles = particles + 0.05 * svgd_direction(particles, score)
+    # Tolerances of m i.i.d. draws (SVGD's particles are spread more evenly than those).
+    z_mean = (particles.mean(0) - mu) / (sigma / math.sqrt(m))
+    z_var = (particles.var(0) - sigma**2) / (sigma**2 * math.sqrt(2 / (m - 1)))
+    assert z_mean.abs().max() < 4 and z_var.abs().max() < 4, (z_mean, z_var)
+
+
+class FreeParticles(torch.nn.Module):
+    """A guide whose M particles per datum are parameters (what SVGD alone would move)."""
+
+    def __init__(self, m: int, b: int, d: int) -> None:
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.randn(m, b, d) * 0.3 + 2.0)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pyro.distributions.Delta(self.loc, event_dim=1))
+
+
+def test_the_encoder_gradient_is_minus_the_svgd_direction(linear_gaussian):
+    lg = linear_gaussian
+    x = lg.data(3)
+    particles = FreeParticles(10, 3, lg.d)
+    objective = SteinVGD(num_particles=10, step_size=0.1)
+    value = objective(lg.model, particles.guide, x)
+    value.loss.backward()
+    mu, scale_tril = lg.posterior(x)
+    precision = torch.cholesky_inverse(scale_tril)
+    z = particles.loc.detach()
+    score = -(z - mu) @ precision  # grad log p(x, z) = grad log p(z | x)
+    expected = -svgd_direction(z, score) / 10  # the follow term, per particle average
+    assert torch.allclose(particles.loc.grad, expected, atol=1e-5)
+    assert torch.isfinite(value.bound)
+
+
+@pytest.mark.slow
+@pytest.mark.statistical
+def test_particles_trained_through_the_objective_reach_the_exact_posterior(linear_gaussian, seed):
+    """SGD of lr = step * M on free particles through ``fit``'s loss is SVGD: the particles
+    end at the posterior's mean and (full) covariance."""
+    lg = linear_gaussian
+    x = lg.data(2, seed=seed + 5)
+    m = 50
+    torch.manual_seed(seed)
+    particles = FreeParticles(m, 2, lg.d)
+    objective = SteinVGD(num_particles=m, step_size=0.01)
+    optimizer = torch.optim.SGD(particles.parameters(), lr=0.01 * m)
+    for _ in range(800):  # converged by 600 at seeds 0-2 (from 2.0 +- 0.3)
+        optimizer.zero_grad()
+        objective(lg.model, particles.guide, x).loss.backward()
+        optimizer.step()
+    mu, scale_tril = lg.posterior(x)
+    cov = scale_tril @ scale_tril.T
+    z = particles.loc.detach()  # (M, B, d)
+    sd = cov.diagonal().sqrt()
+    z_mean = (z.mean(0) - mu) / (sd / math.sqrt(m))
+    assert z_mean.abs().max() < 4, z_mean
+    for b in range(2):
+        sample_cov = torch.cov(z[:, b].T)
+        # SE of a covariance entry of m Gaussian draws: sqrt((s_ij^2 + s_ii s_jj) / (m - 1))
+        se = ((cov**2 + torch.outer(cov.diagonal(), cov.diagonal())) / (m - 1)).sqrt()
+        assert ((sample_cov - cov).abs() / se).max() < 4, (sample_cov, cov)
+
+
+def test_stein_vgd_rejects_bad_options():
+    with pytest.raises(ValueError, match="num_particles"):
+        SteinVGD(num_particles=1)
+    with pytest.raises(ValueError, match="step_size"):
+        SteinVGD(step_size=0.0)
+    with pytest.raises(ValueError, match="svgd_steps"):
+        SteinVGD(svgd_steps=0)
+
+
+@pytest.mark.statistical
+def test_fitted_gaussian_guide_gives_a_bound_below_log_px(linear_gaussian, seed):
+    """With a sampler of the exact posterior the fitted Gaussian is nearly exact: the
+    estimate is at most log p(x) (up to its spread) and close to it."""
+    lg = linear_gaussian
+    x = lg.data(4, seed=seed + 1)
+
+    def posterior_sampler(x):
+        lg.guide(x)
+
+    guide = fitted_gaussian_guide(posterior_sampler, num_particles=400)
+    estimate = log_likelihood(lg.model, guide, x, num_samples=200, seed=seed)
+    exact = lg.log_marginal(x)
+    assert estimate.shape == (4,)
+    assert (estimate - exact).abs().max() < 0.1, (estimate, exact)
+
+
+def test_stein_encoder_guide_emits_one_particle_per_datum_and_plate_member():
+    encoder = SteinEncoder(input_size=6, latent_dim=3, hidden=(8,))
+    x = torch.rand(5, 6)
+    trace = pyro.poutine.trace(encoder.guide).get_trace(x)
+    assert trace.nodes["z"]["value"].shape == (5, 3)
+    with pyro.plate("particles", 4, dim=-2):
+        trace = pyro.poutine.trace(encoder.guide).get_trace(x)
+    z = trace.nodes["z"]["value"]
+    assert z.shape == (4, 5, 3) and not torch.allclose(z[0], z[1])
