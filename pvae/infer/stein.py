@@ -53,6 +53,7 @@ from pvae.infer.trace import (
     data_frame,
     latent_sites,
     plate_scale,
+    probe_max_plate_nesting,
     reduce_to_particle_data,
     scored_sites,
     site_log_prob,
@@ -204,6 +205,14 @@ class SteinVGD(Objective):
         if int(svgd_steps) < 1:
             raise ValueError(f"svgd_steps must be >= 1, got {svgd_steps}")
         self.step_size, self.svgd_steps = float(step_size), int(svgd_steps)
+
+    def max_plate_nesting(self, model: Callable, guide: Callable, args, kwargs) -> int:
+        """Probed with the guide's auxiliary sites (the sampler's noise) hidden."""
+        key = (model, guide)
+        if key not in self._nesting:
+            visible = poutine.block(guide, hide_fn=lambda msg: msg["infer"].get("is_auxiliary"))
+            self._nesting[key] = probe_max_plate_nesting(model, visible, args, kwargs)
+        return self._nesting[key]
 
     def __call__(
         self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs

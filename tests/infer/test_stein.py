@@ -135,3 +135,30 @@ def test_stein_encoder_guide_emits_one_particle_per_datum_and_plate_member():
         trace = pyro.poutine.trace(encoder.guide).get_trace(x)
     z = trace.nodes["z"]["value"]
     assert z.shape == (4, 5, 3) and not torch.allclose(z[0], z[1])
+
+
+def test_a_stein_vae_trains_with_fit_and_is_evaluated_through_the_fitted_gaussian():
+    """The registered VAE's model, a SteinEncoder as its guide, SteinVGD through ``fit``."""
+    from pvae.infer.train import fit
+    from pvae.models.registry import build_model
+
+    vae = build_model("vae", latent_dim=2, hidden=[8])
+    encoder = SteinEncoder(input_size=784, latent_dim=2, hidden=(8,))
+    data = (torch.rand(40, 1, 28, 28) > 0.5).float()
+    with pyro.settings.context(module_local_params=True):
+        before = encoder.from_x.weight.detach().clone()
+        result = fit(
+            vae.model,
+            encoder.guide,
+            data,
+            objective=SteinVGD(num_particles=4),
+            epochs=1,
+            batch_size=20,
+            progress=False,
+        )
+    assert math.isfinite(result.history[0]["train_bound"])
+    assert not torch.equal(encoder.from_x.weight, before)  # the encoder follows the particles
+    log_px = log_likelihood(
+        vae.model, fitted_gaussian_guide(encoder.guide, 20), data[:5], num_samples=10
+    )
+    assert log_px.shape == (5,) and torch.isfinite(log_px).all()
