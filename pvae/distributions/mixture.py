@@ -155,8 +155,8 @@ class ReparameterizedMixture(TorchDistribution):
         value = value.unsqueeze(-1 - self._event_dim)
         if type(self._base) in _NORMALS:  # one pass each way (_NormalLogDensity)
             base = self._base
-            value, loc, scale = torch.broadcast_tensors(value, base.loc, base.scale)
-            log_density = _NormalLogDensity.apply(value, loc, scale)
+            shape = torch.broadcast_shapes(value.shape, base.loc.shape, base.scale.shape)
+            log_density = _NormalLogDensity.apply(value.expand(shape), base.loc, base.scale)
             if self._event_dim == 1:
                 log_density = log_density.sum(-1)
         else:
@@ -204,8 +204,7 @@ class ReparameterizedMixture(TorchDistribution):
         # d/dx log p_kj(x_j): lets log p_kj(x_hat_j) = log p_kj(x_j) + score * (x_hat_j - x_j)
         # carry the first-order dependence of later responsibilities on earlier coordinates.
         if type(base) in _NORMALS:  # closed forms (_NormalTerms), no autograd pass for score
-            loc, scale = base.loc.expand(x_k.shape), base.scale.expand(x_k.shape)
-            log_density, cdf, score = _NormalTerms.apply(x_k.detach(), loc, scale)
+            log_density, cdf, score = _NormalTerms.apply(x_k.detach(), base.loc, base.scale)
         else:
             log_density = base.log_prob(x_k)  # (..., K, D), differentiable in the parameters
             if not log_density.requires_grad:
@@ -233,6 +232,7 @@ class _NormalTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, loc, scale):
+        # loc and scale at their own (broadcastable) shape: per-parameter work done once
         inv_scale = scale.reciprocal()
         z = (x - loc) * inv_scale
         log_phi = -0.5 * z * z - _HALF_LOG_2PI
@@ -240,6 +240,7 @@ class _NormalTerms(torch.autograd.Function):
         cdf = 0.5 * torch.erfc(z * -math.sqrt(0.5))
         score = -z * inv_scale
         ctx.save_for_backward(z, log_phi, inv_scale)
+        ctx.shapes = (loc.shape, scale.shape)
         ctx.mark_non_differentiable(score)
         return log_density, cdf, score
 
@@ -248,7 +249,8 @@ class _NormalTerms(torch.autograd.Function):
         z, log_phi, inv_scale = ctx.saved_tensors
         grad_loc = (grad_log_density * z - grad_cdf * log_phi.exp()) * inv_scale
         grad_scale = grad_loc * z - grad_log_density * inv_scale
-        return None, grad_loc, grad_scale
+        loc_shape, scale_shape = ctx.shapes
+        return None, grad_loc.sum_to_size(loc_shape), grad_scale.sum_to_size(scale_shape)
 
 
 class _NormalLogDensity(torch.autograd.Function):
@@ -257,18 +259,23 @@ class _NormalLogDensity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, loc, scale):
+        # x at the output shape, loc and scale broadcastable to it
         inv_scale = scale.reciprocal()
         z = (x - loc) * inv_scale
         ctx.save_for_backward(z, inv_scale)
+        ctx.shapes = (loc.shape, scale.shape)
         return (-0.5 * z * z - _HALF_LOG_2PI) - torch.log(scale)
 
     @staticmethod
     def backward(ctx, grad):
         z, inv_scale = ctx.saved_tensors
+        loc_shape, scale_shape = ctx.shapes
         grad_loc = grad * z * inv_scale
-        grad_scale = (grad_loc * z - grad * inv_scale) if ctx.needs_input_grad[2] else None
+        grad_scale = None
+        if ctx.needs_input_grad[2]:
+            grad_scale = (grad_loc * z - grad * inv_scale).sum_to_size(scale_shape)
         grad_x = -grad_loc if ctx.needs_input_grad[0] else None
-        return grad_x, grad_loc, grad_scale
+        return grad_x, grad_loc.sum_to_size(loc_shape), grad_scale
 
 
 def _offsets_sequential(log_weights, log_density, cdf, score):
@@ -342,7 +349,7 @@ def _solve_offset_adjoints(g_mat, score, grad):
     adjoint = torch.empty_like(grad_cols)
     state = torch.zeros_like(g_cols[0])
     for i in range(grad_cols.size(0) - 1, -1, -1):
-        a_i = grad_cols[i] - torch.linalg.vecdot(s_cols[i], state)
-        adjoint[i] = a_i
-        state = state.addcmul_(g_cols[i], a_i.unsqueeze(-1)) if i else state
+        a_i = torch.sub(grad_cols[i], torch.linalg.vecdot(s_cols[i], state), out=adjoint[i])
+        if i:
+            state.addcmul_(g_cols[i], a_i.unsqueeze(-1))
     return adjoint.movedim(0, -1)

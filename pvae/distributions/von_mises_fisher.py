@@ -236,6 +236,8 @@ def _implicit_dw_dkappa(
 class _ReflectFromE1(torch.autograd.Function):
     """``x = Q [w; sqrt(1 - w^2) g / |g|]`` with Q the reflection of ``_householder_from_e1``
     and ``w = 1 - y``, with a hand-written backward (fewer passes over the (n, d) arrays).
+    Optionally ``kappa`` and ``dy/dkappa`` (the implicit gradient): then the gradient of
+    ``kappa`` is ``dL/dy dy/dkappa`` (a sampled ``y`` that does not itself carry a graph).
 
     ``g`` (any nonzero vectors of size d - 1) is normalized inside through the scalar
     ``1 / |g|`` rather than by a pass over ``g``. With ``sign = ±1`` the sign of ``loc_1``,
@@ -247,7 +249,7 @@ class _ReflectFromE1(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, gaussian, loc):
+    def forward(ctx, y, gaussian, loc, kappa, dy_dkappa):
         # Passes over the (n, d) arrays in torch; the per-sample scalars in _namespace.
         loc_1 = loc[..., 0]
         sums = torch.stack(
@@ -275,13 +277,13 @@ class _ReflectFromE1(torch.autograd.Function):
         x = loc * coefs[0].unsqueeze(-1)
         x[..., 0] += coefs[1]
         x[..., 1:].addcmul_(gaussian, coefs[2].unsqueeze(-1))
-        ctx.save_for_backward(gaussian, loc, x)
+        ctx.save_for_backward(gaussian, loc, x, dy_dkappa)
         ctx.scalars = (xp, sign, w, sin, alpha, q, loc_v, u1, inv_norm)
         return x
 
     @staticmethod
     def backward(ctx, grad):
-        gaussian, loc, x = ctx.saved_tensors
+        gaussian, loc, x, dy_dkappa = ctx.saved_tensors
         xp, sign, w, sin, alpha, q, loc_v, u1, inv_norm = ctx.scalars
         sums = torch.stack(
             [
@@ -295,13 +297,17 @@ class _ReflectFromE1(torch.autograd.Function):
         ds = -w / xp.clip(sin, np.finfo(np.float64).tiny, None)  # d sin / dw
         u_dx0 = u1 + ds * sign * loc_v
         g_dx0 = g_1 + ds * g_g * inv_norm
-        grad_y = _tensor(-sign * (2 * u_dx0 / q * g_u - g_dx0)).to(grad.dtype)
+        grad_y = _tensor(-sign * (2 * u_dx0 / q * g_u - g_dx0))
+        grad_kappa = None
+        if ctx.needs_input_grad[3]:
+            grad_kappa = (grad_y * dy_dkappa).to(grad.dtype)
+        grad_y = grad_y.to(grad.dtype)
         grad_loc = None
         if ctx.needs_input_grad[2]:
             coef = _tensor(-2 * sign * g_u / q).to(grad.dtype)
             grad_loc = grad * _tensor(alpha).to(grad.dtype).unsqueeze(-1)
             grad_loc.addcmul_(x, coef.unsqueeze(-1))
-        return (grad_y if ctx.needs_input_grad[0] else None), None, grad_loc
+        return (grad_y if ctx.needs_input_grad[0] else None), None, grad_loc, grad_kappa, None
 
 
 class _HalfSquaredDistance(torch.autograd.Function):
@@ -320,6 +326,29 @@ class _HalfSquaredDistance(torch.autograd.Function):
         grad_value = diff * grad.unsqueeze(-1)
         grad_loc = -grad_value if ctx.needs_input_grad[1] else None
         return (grad_value if ctx.needs_input_grad[0] else None), grad_loc
+
+
+class _LogDensity(torch.autograd.Function):
+    """``log C + kappa - kappa |x - loc|^2 / 2`` given the cached ``log C + kappa`` and
+    ``1 - A`` (its kappa derivative): ``dL/dx = -g kappa (x - loc) = -dL/dloc``,
+    ``dL/dkappa = g (1 - A - |x - loc|^2 / 2)``. Inputs of one broadcast shape."""
+
+    @staticmethod
+    def forward(ctx, value, loc, kappa, log_norm, one_minus_mean):
+        diff = value - loc
+        half_sq_dist = 0.5 * torch.linalg.vecdot(diff, diff)
+        ctx.save_for_backward(diff, kappa, half_sq_dist, one_minus_mean)
+        return log_norm.to(diff.dtype) - kappa * half_sq_dist
+
+    @staticmethod
+    def backward(ctx, grad):
+        diff, kappa, half_sq_dist, one_minus_mean = ctx.saved_tensors
+        grad_value = diff * (-grad * kappa).unsqueeze(-1)
+        grad_loc = -grad_value if ctx.needs_input_grad[1] else None
+        grad_kappa = None
+        if ctx.needs_input_grad[2]:
+            grad_kappa = grad * (one_minus_mean.to(grad.dtype) - half_sq_dist)
+        return grad_value, grad_loc, grad_kappa, None, None
 
 
 def half_squared_distance(value: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
@@ -428,25 +457,36 @@ class VonMisesFisher(SphericalLocConcentration):
             if torch.is_grad_enabled() and kappa.requires_grad:
                 one_minus_mean = self._normalizer_terms()[1].expand(shape[:-1])
                 dw_dkappa = _implicit_dw_dkappa(y, kappa64, d, one_minus_mean)
-                # Surrogate with the value of y and the implicit gradient dy/dkappa = -dw/dkappa.
-                y = y - dw_dkappa * (kappa64 - kappa64.detach())
+                # the implicit gradient dy/dkappa = -dw/dkappa enters in the backward
+                gaussian = _tangent_gaussians(shape[:-1], d, self.loc.dtype, self.loc.device)
+                return _ReflectFromE1.apply(
+                    y.to(self.loc.dtype), gaussian, self.loc.expand(shape), kappa, -dw_dkappa
+                )
         gaussian = _tangent_gaussians(shape[:-1], d, self.loc.dtype, self.loc.device)
-        return _ReflectFromE1.apply(y.to(self.loc.dtype), gaussian, self.loc.expand(shape))
+        return _ReflectFromE1.apply(
+            y.to(self.loc.dtype), gaussian, self.loc.expand(shape), None, None
+        )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         # kappa <mu, x> = kappa - kappa |x - mu|^2 / 2 for unit vectors; the second form keeps
         # precision when x is close to mu and kappa is large.
-        half_sq_dist = half_squared_distance(value, self.loc)
         kappa = self.concentration
         if self.dim == 3:  # closed form, differentiable
+            half_sq_dist = half_squared_distance(value, self.loc)
             log_norm = _log_normalizer_plus_kappa(kappa, 3)
             return log_norm.to(half_sq_dist.dtype) - kappa * half_sq_dist
         log_norm, one_minus_mean = self._normalizer_terms()
-        if kappa.requires_grad:  # d(log C + kappa)/dkappa = 1 - A
-            log_norm = log_norm + (kappa - kappa.detach()) * one_minus_mean
-        return log_norm.to(half_sq_dist.dtype) - kappa * half_sq_dist
+        value, loc = torch.broadcast_tensors(value, self.loc)
+        shape = value.shape[:-1]
+        return _LogDensity.apply(
+            value,
+            loc,
+            kappa.expand(shape),
+            log_norm.expand(shape),
+            one_minus_mean.expand(shape),
+        )
 
     def entropy(self) -> torch.Tensor:
         return _entropy64(self.concentration, self.dim).to(self.concentration.dtype)

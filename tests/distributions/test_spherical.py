@@ -309,11 +309,14 @@ def test_reflection_matches_householder_and_its_gradient(d):
         return vmf_module._householder_from_e1(x0, loc)
 
     torch.testing.assert_close(
-        vmf_module._ReflectFromE1.apply(y, gaussian, loc), reference(y, loc), rtol=0, atol=1e-15
+        vmf_module._ReflectFromE1.apply(y, gaussian, loc, None, None),
+        reference(y, loc),
+        rtol=0,
+        atol=1e-15,
     )
     y, loc = y.requires_grad_(), loc.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda y, loc: vmf_module._ReflectFromE1.apply(y, gaussian, loc), (y, loc)
+        lambda y, loc: vmf_module._ReflectFromE1.apply(y, gaussian, loc, None, None), (y, loc)
     )
 
 
