@@ -26,6 +26,10 @@ Conceptual compression [1]: sending the first k latents (``sum_{t<=k} KL_t`` nat
 and drawing the rest from the prior gives a lossy code; :meth:`ConvDRAW.rate_by_step` gives
 ``KL_t`` and :meth:`ConvDRAW.reconstruct_from_first` the images decoded from the first k.
 
+Training: the prior and posterior heads start at zero (q = p, KL 0). In short runs the
+posterior still collapses (q = p at every step, a few hundredths of a nat sent) unless the KL
+weight is warmed up (``pvae train --kl-anneal 1``; ``benchmarks/results/conv_draw.md``).
+
 With ``steps=1`` there is no recurrence: a VAE with one latent map, a learned constant
 Gaussian prior and a gated convolutional encoder and decoder.
 
@@ -117,6 +121,11 @@ class GaussianMap(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 2 * out_channels, kernel_size, padding=kernel_size // 2)
+        # Zero-initialised, every step's q and p start equal (KL 0): with random heads the
+        # KL of hundreds of latent units starts at hundreds of nats, and the fastest way down
+        # is to make q = p, which collapses the posterior before the decoder learns to read z.
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = apply_2d(self.conv, h).chunk(2, dim=-3)
