@@ -400,9 +400,13 @@ class SVGAE(GraphVAE):
 
     @staticmethod
     def _direction(direction: torch.Tensor) -> torch.Tensor:
-        return direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(
-            1e-12
-        )
+        """``direction / |direction|``; a zero row (an isolated node without features: the GCN
+        has no bias, so its output is exactly 0) gets the first basis vector, as the mean
+        direction is undefined there."""
+        norm = torch.linalg.vector_norm(direction, dim=-1, keepdim=True)
+        first = torch.zeros_like(direction)
+        first[..., 0] = 1.0
+        return torch.where(norm > 1e-12, direction / norm.clamp_min(1e-12), first)
 
     def posterior_mean(self, heads: list[torch.Tensor]) -> torch.Tensor:
         return self._direction(heads[0])

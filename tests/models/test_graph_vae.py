@@ -217,6 +217,22 @@ def test_link_prediction_is_learnt_on_a_block_model(name, featureless):
         torch.testing.assert_close(codes.norm(dim=-1), torch.ones(len(codes)))
 
 
+def test_an_isolated_node_without_features_has_a_code_on_the_sphere():
+    """Citeseer has nodes with neither features nor training edges: the GCN (no bias) gives
+    them exactly 0, and the vMF's mean direction must still be a unit vector."""
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    graph = GraphDataset(features, [[0, 1], [1, 2]])
+    torch.manual_seed(0)
+    model = SVGAE(**graph.model_options(), hidden=4, latent_dim=3)
+    codes = model.node_codes(graph.features, graph.edges.T)
+    torch.testing.assert_close(codes[3], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(4))
+    value = ELBO()(model.model, model.guide, *model.batch_args(graph.batch()), num_data=1)
+    value.loss.backward()
+    assert torch.isfinite(value.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_samples_are_graphs_from_the_prior():
     model = SVGAE(num_nodes=10, num_features=0, latent_dim=3, sample_nodes=6)
     samples = model.sample(4, generator=torch.Generator().manual_seed(0))
