@@ -314,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument(
         "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint"
     )
+    diagnose.add_argument(
+        "--ais-start",
+        choices=["guide", "prior"],
+        default="guide",
+        help="where AIS on the test data starts: the guide (recommended: tighter at the same "
+        "steps) or the prior (Wu et al.'s setup); BDMC always starts from the prior",
+    )
     diagnose.add_argument("--seed", type=int, default=0, help="random seed")
     diagnose.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -589,6 +596,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         seed=args.seed,
         progress=not args.no_progress,
+        ais_start=args.ais_start,
     )
     print(summary_text(metrics, args.run_dir))
     return 0
