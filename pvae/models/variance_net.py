@@ -4,7 +4,14 @@ Network (the authors' LeNet-5 for MNIST): ``conv 5x5 (20) -> BN -> ReLU -> maxpo
 conv 5x5 (50) -> BN -> ReLU -> maxpool 2 -> dense (500) -> BN -> ReLU -> dense (10)``. The
 layers named in ``variance_layers`` (0: conv1, 1: conv2, 2: dense1, 3: the output layer) are
 variance layers (:mod:`pvae.nets.variance`): weights ``w = sigma * epsilon``, zero mean; the
-others are ordinary layers (``variance_layers=[]`` is the plain LeNet-5, the baseline).
+others are ordinary layers (``variance_layers=[]`` is the plain LeNet-5, the baseline). The
+default makes the three hidden layers variance layers and keeps the output layer ordinary: an
+output variance layer cannot be trained by the expected log-likelihood, because log-softmax is
+concave in the logits and a variance layer's logits have an input-independent mean (the bias),
+so by Jensen ``E[log softmax_y(b)] <= log softmax_y(bias)``, the value of a constant predictor
+(measured: with all four layers variance layers, 3 epochs stay at chance,
+``benchmarks/results/variance_layers.md``). Hidden variance layers are trainable: the batch
+normalisation and ReLU after them turn the pre-activations' variance into a mean.
 
 Model, for each labelled image n (the local reparameterisation written as latents)::
 
@@ -26,6 +33,10 @@ conditional (p(y | x)) and draws no images.
 For the convolutions the noise of each output position is independent (the local
 reparameterisation's approximation, as in [1]'s code), so for those layers the model is that of
 per-position weights, not one shared kernel draw per image. The dense layers are exact.
+
+Data: ``pvae train --model variance_lenet --dataset mnist`` trains on the dataset's default
+images (dynamically binarized training images); ``benchmarks/variance_layers.py`` loads grey
+levels (``binarize=None``) as the authors do.
 
 ``metrics`` reports the test accuracy of one sample, of ``eval_ensemble`` samples, and with the
 noise off (every variance layer outputs its bias alone: chance level, the paper's point).
@@ -72,7 +83,7 @@ class VarianceLeNetConfig(ModelConfig):
     channels: tuple[int, ...] = option((20, 50), "channels of the two convolutions", convert=ints)
     dense: int = option(500, "units of the hidden dense layer", convert=width)
     variance_layers: tuple[int, ...] = option(
-        (0, 1, 2, 3),
+        (0, 1, 2),
         "which layers are variance layers (0 conv1, 1 conv2, 2 dense1, 3 output; [] the plain "
         "LeNet-5)",
         convert=ints,

@@ -21,6 +21,11 @@ choice ``lambda_ij = sigma_ij``, where it is zero: the bound is the expected log
 alone (the authors' code adds no KL for its variance layers). :mod:`pvae.models.variance_net`
 writes this as a Pyro model and guide.
 
+.. note:: As a classifier's *output* layer a variance layer is untrainable by this bound: its
+   logits have mean ``bias`` whatever the input, and log-softmax is concave, so
+   ``E[log softmax_y(logits)] <= log softmax_y(bias)`` (Jensen), a constant predictor's value.
+   Use variance layers for hidden layers, followed by a nonlinearity.
+
 References:
     [1] Neklyudov, Molchanov, Ashukha, Vetrov. Variance Networks: When Expectation Does Not
         Meet Your Expectations. ICLR 2019. arXiv:1803.03764

@@ -17,6 +17,7 @@ from torch.distributions import Normal, kl_divergence
 from pvae.evaluation.importance import log_importance_weights
 from pvae.infer.objectives import ELBO
 from pvae.models.registry import build_model
+from pvae.models.variance_net import LAYER_NAMES
 from pvae.nets.variance import ConvVariance, LinearVariance, ard_kl, ensemble_log_probs
 
 DRAWS = 4000
@@ -101,6 +102,23 @@ def test_with_the_noise_off_the_output_is_the_bias_alone(layer, x):
     assert not torch.equal(layer(x), out)
 
 
+@pytest.mark.statistical
+def test_an_output_variance_layer_cannot_beat_its_bias_in_expected_log_likelihood(seed):
+    """log-softmax is concave and the logits' mean is the bias: E[log p(y)] <= log p_bias(y)."""
+    torch.manual_seed(seed)
+    layer = LinearVariance(8, 4)
+    with torch.no_grad():
+        layer.sigma.mul_(5.0)
+        layer.bias.normal_()
+    x = torch.randn(8)
+    with torch.no_grad():
+        log_p = torch.log_softmax(layer(x.expand(DRAWS, 8)), -1).double()  # (DRAWS, 4)
+        at_bias = torch.log_softmax(layer.bias, -1).double()
+    se = log_p.std(0) / math.sqrt(DRAWS)
+    assert (log_p.mean(0) < at_bias + 4 * se).all()
+    assert (log_p.mean(0) < at_bias).any()  # strictly below for some class: not vacuous
+
+
 def test_noise_broadcasts_over_leading_particle_dims():
     layer = LinearVariance(5, 4)
     x = torch.randn(3, 5)
@@ -144,9 +162,10 @@ def test_variance_lenet_elbo_is_the_expected_log_likelihood():
     x, y = _batch()
     guide_trace = poutine.trace(model.guide).get_trace(y, x)
     noise = {
-        index: guide_trace.nodes[f"noise_{name}"]["value"]
-        for index, name in enumerate(("conv1", "conv2", "dense1", "output"))
+        index: guide_trace.nodes[f"noise_{LAYER_NAMES[index]}"]["value"]
+        for index in model.net.noise_shapes
     }
+    assert sorted(noise) == [0, 1, 2]  # the default: the hidden layers
     expected = torch.log_softmax(model.net(x, noise), -1).gather(-1, y[:, None]).sum()
     # the ELBO runs the guide itself: replayed, both see the guide trace's noise
     value = ELBO()(
