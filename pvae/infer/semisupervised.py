@@ -71,6 +71,17 @@ class SemiSupervisedObjective(PyroObjective):
     def __init__(self, elbo: pyro.infer.ELBO | None = None) -> None:
         super().__init__(elbo if elbo is not None else SemiSupervisedELBO())
 
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The ELBO's ``loss`` (a Pyro ELBO's interface, unscaled), of a
+        :class:`~pvae.data.semisupervised.MixedStep` too."""
+        step = _mixed_step(args)
+        if step is None:
+            return self.elbo.loss(model, guide, *args, **kwargs)
+        labelled = self.elbo.loss(model, guide, *step.labelled, **kwargs)
+        return self.elbo.loss(model, guide, *step.unlabelled, **kwargs) + (
+            step.labelled_weight * labelled
+        )
+
     def max_plate_nesting(self, model, guide, args, kwargs) -> int:
         step = _mixed_step(tuple(args))
         return super().max_plate_nesting(

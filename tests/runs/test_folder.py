@@ -47,6 +47,7 @@ CONFIG = {
     "eval_size": 50,
     "train_size": 300,
     "num_labels": 100,
+    "labelled_schedule": "epoch",
     "command": "pvae train",
 }
 
@@ -74,6 +75,7 @@ NEW_VALUES = {
     "num_particles": 2,
     "train_size": 200,
     "num_labels": 10,
+    "labelled_schedule": "step",
     "monitor": "valid_accuracy",
     "train.batch_size": 32,
     "train.lr": 1e-2,
