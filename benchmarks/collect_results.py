@@ -4,6 +4,7 @@ Each benchmark script writes its own results file with the exact command that pr
 this script only concatenates them, in a fixed order. Usage: ``python benchmarks/collect_results.py``
 """
 
+import re
 from pathlib import Path
 
 ORDER = [
@@ -19,10 +20,15 @@ ORDER = [
     "few_shot",
     "ns_context",
     "acn",
+    "acn_speed",
     "text_ptb",
     "ss_text",
     "ss_text_full_data",
     "diagnostics",
+    "graph_link_prediction",
+    "conv_draw",
+    "variance_layers",
+    "stein_vae",
 ]
 
 
@@ -42,6 +48,8 @@ def main() -> None:
         text = path.read_text().strip()
         # One level down: each file's title becomes a section, its sections subsections.
         text = "\n" + text
+        # Figures sit next to their results file: from RESULTS.md they are in results/.
+        text = re.sub(r"(!\[[^\]]*\]\()([\w.-]+\.(?:png|svg|jpg))\)", r"\1results/\2)", text)
         for level in ("### ", "## ", "# "):
             text = text.replace("\n" + level, "\n#" + level)
         parts.append(text + "\n")

@@ -187,6 +187,12 @@ def results_order() -> list[str]:
         return []
 
 
+def local_images(markdown: str) -> list[str]:
+    """The file names of the images a Markdown text shows from its own folder
+    (``![caption](name.png)``; not URLs, not paths into other folders)."""
+    return re.findall(r"!\[[^\]]*\]\(([\w.-]+\.(?:png|svg|jpg))\)", markdown)
+
+
 def results_files() -> list[Path]:
     order = results_order()
     files = (ROOT / "benchmarks" / "results").glob("*.md")
@@ -503,6 +509,9 @@ def generate(root: Path = DOCS) -> Writer:
         text = path.read_text(encoding="utf-8")
         heading = first_heading(text, path.stem)
         writer.text(f"benchmarks/{path.name}", text)
+        for image in local_images(text):  # figures a results file shows, next to it
+            if (path.parent / image).is_file():
+                writer.copy(f"benchmarks/{image}", path.parent / image)
         results.append((f"/benchmarks/{path.stem}", heading, text))
         bench_entries.append((path.stem, heading))
     writer.text("benchmarks/index.rst", benchmarks_index(bench_entries))
