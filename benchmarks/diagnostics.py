@@ -228,7 +228,7 @@ def ais_comparison(
                 ("pvae (prior)", True, False, 0.8),
                 ("pvae (guide, 2x too wide)", True, True, 0.8),
             ]
-            if index == 0:  # what the target acceptance does, on the small model only
+            if index == 0:  # what the target acceptance does, on the first model only
                 methods += [
                     ("reference, target 0.8", False, False, 0.8),
                     ("pvae (prior), target 0.65", True, False, 0.65),

@@ -40,7 +40,6 @@ import torch
 
 from pvae.runs.folder import write_json
 
-
 AIS_STARTS = ("guide", "prior")  # where AIS on the test data starts; BDMC: the prior
 
 
