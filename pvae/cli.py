@@ -587,8 +587,16 @@ def _diagnose_sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    from pvae.infer.distributed import env_world
     from pvae.runs import diagnose_run
     from pvae.runs.diagnose import summary_text
+
+    world = env_world()
+    if world is not None and world[0] > 0:
+        # The diagnostics do not share their work among processes (yet): under torchrun rank 0
+        # runs them alone and writes the files; the other ranks have nothing to do.
+        print(f"pvae diagnose [rank {world[0]}]: rank 0 runs the diagnostics", file=sys.stderr)
+        return 0
 
     metrics = diagnose_run(
         args.run_dir,

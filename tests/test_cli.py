@@ -895,3 +895,14 @@ def test_help_states_each_default_once(command: str, capsys) -> None:
         assert "(default: 0)" in text  # --seed: a zero default is still stated
     for block in re.split(r" (?=--[a-z-]+ )", text):
         assert block.count("default") <= 1 + block.count("defaults"), block
+
+
+def test_diagnose_under_torchrun_runs_on_rank_0_alone(run_copy: Path, capsys, monkeypatch):
+    """The diagnostics are not sharded: a rank other than 0 leaves them to rank 0 (no second
+    writer of the same files)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    before = sorted(p.name for p in run_copy.iterdir())
+    code, _, err = run_cli(["diagnose", str(run_copy), "--quick", "--no-progress"], capsys)
+    assert code == 0 and "rank 0 runs the diagnostics" in err
+    assert sorted(p.name for p in run_copy.iterdir()) == before
