@@ -201,8 +201,15 @@ print(
     (
         "md",
         """\
+In our full run (20 epochs on 5,000 sets, about 3 minutes), the context carries the set's mean
+almost exactly (R^2 0.99) and its variance largely (R^2 0.75). The exponential sets, the only
+skewed family, form a cluster of their own in the first two components; the three symmetric
+families overlap there, and a nearest-centroid rule names the family of 59% of the sets
+(chance: 27%). The paper's figure, after much longer training, separates all four.
+
 New members drawn given a set: `c ~ q(c | X)`, then 200 draws of `p(x | c)`. A model that has
-learnt the families draws skewed samples for the exponential, flat ones for the uniform:""",
+learnt the families draws skewed samples for the exponential, flat-topped ones for the
+uniform:""",
     ),
     (
         "code",
@@ -316,8 +323,10 @@ accuracy_table(vhe)""",
     (
         "md",
         """\
-Both are far below the paper's Table 1 (98.1 % at 5-way 1-shot) at this budget: the paper
-trained 300 epochs with a 512-dimensional context and much deeper networks.
+In our full run (4 epochs each, about a minute) the two models are within a standard error
+of each other (5-way 1-shot 70.8 and 71.0 %). Both are far below the paper's Table 1 (98.1 %
+at 5-way 1-shot) at this budget: the paper trained 300 epochs with a 512-dimensional context
+and much deeper networks.
 `benchmarks/results/few_shot.md` has the 15-epoch numbers and `ns_context.md` the measured
 reasons (the scoring rule's KL order, sample dropout) and the unmeasured rest.
 
@@ -326,7 +335,7 @@ reasons (the scoring rule's KL order, sample dropout) and the unmeasured rest.
 The paper's last use of the context: which few members of a set best stand for all of it?
 Greedily add the point whose inclusion brings `q(c | subset)` closest in KL to `q(c | X)`
 of the whole set. On spatial MNIST (each digit a set of 50 points drawn from its
-intensities), six well-chosen points should already outline the digit.""",
+intensities), the chosen points should spread along the digit's strokes.""",
     ),
     (
         "code",
@@ -392,6 +401,12 @@ display(
     (
         "md",
         """\
+At this budget (5 epochs on 10,000 digits, under a minute) they do not: the six points fall in
+two or three clumps on the stroke, several almost on top of each other, because a context that
+has learnt little of the digits' shapes is pulled toward the whole set's mean mostly by where
+the points' centre of mass lies. The paper's summaries come from a model trained far longer;
+`summarise` is the rule, and this model is too weak to show it off.
+
 The command line trains the same models and writes a report with these figures (contexts by
 label, drawn sets, one-shot generations) and the few-shot accuracies in `metrics.json`:
 
