@@ -93,8 +93,14 @@ split adds its held-out edges and as many sampled non-edges; link prediction ran
 n = test.num_nodes
 code = lambda pairs: set((pairs.min(1).values * n + pairs.max(1).values).tolist())
 training_graph, held_out = code(test.edges), code(test.positive)
-print(len(training_graph), "training edges;", len(held_out), "test edges;",
-      len(test.negative), "test non-edges")
+print(
+    len(training_graph),
+    "training edges;",
+    len(held_out),
+    "test edges;",
+    len(test.negative),
+    "test non-edges",
+)
 print("test edges in the training graph:", len(training_graph & held_out))""",
     ),
     (
@@ -122,8 +128,10 @@ for name in ("vgae", "svgae"):
     )
     metrics = train_run(spec)
     runs[name] = metrics
-    print(f"{name:6s} test AUC {metrics['test_auc']:.3f}  AP {metrics['test_ap']:.3f}  "
-          f"(best epoch {metrics['best_epoch']} of {EPOCHS})")""",
+    print(
+        f"{name:6s} test AUC {metrics['test_auc']:.3f}  AP {metrics['test_ap']:.3f}  "
+        f"(best epoch {metrics['best_epoch']} of {EPOCHS})"
+    )""",
     ),
     (
         "md",
@@ -142,7 +150,7 @@ import matplotlib.pyplot as plt
 from pvae.figures import principal_components
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-for ax, name in zip(axes, runs):
+for ax, name in zip(axes, runs, strict=True):
     model, _ = load_run(work / name, "best")
     codes = model.node_codes(test.features, test.edges.T)
     if name == "svgae":

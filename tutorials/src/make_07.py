@@ -215,11 +215,13 @@ data are a set.""",
 cost = chain_coding_cost(acn, x_test, num_samples=5, generator=torch.Generator().manual_seed(0))
 print(f"chain order:  {cost.chain_nats:.1f} nats per image")
 print(f"independent:  {cost.independent_nats:.1f} nats per image (ACN's networks under N(0, I))")
-print(f"KL in the chain {float(cost.kl_chain.mean()):.1f} vs independent "
-      f"{float(cost.kl_independent.mean()):.1f} nats")
+print(
+    f"KL in the chain {float(cost.kl_chain.mean()):.1f} vs independent "
+    f"{float(cost.kl_independent.mean()):.1f} nats"
+)
 
 fig, axes = plt.subplots(1, 16, figsize=(10, 1))
-for ax, index in zip(axes, cost.order[:16]):
+for ax, index in zip(axes, cost.order[:16], strict=False):
     ax.imshow(x_test[index, 0], cmap="gray")
     ax.axis("off")
 fig.suptitle("the first 16 test images in the transmission order", fontsize=8)
@@ -263,8 +265,9 @@ pixel), and sampling is pixel by pixel.""",
     (
         "code",
         """\
-PIXELCNN = dict(architecture="pixelcnn", pixelcnn_layers=2 if SMOKE else 4,
-                pixelcnn_channels=8 if SMOKE else 32)
+PIXELCNN = dict(
+    architecture="pixelcnn", pixelcnn_layers=2 if SMOKE else 4, pixelcnn_channels=8 if SMOKE else 32
+)
 acn_pixelcnn = train_model("acn", prior_hidden=[HIDDEN], neighbours=5, components=3, **PIXELCNN)
 vae_pixelcnn = train_model("vae", **PIXELCNN)
 print(f"{'model':14} {'KL (nats)':>10} {'active units':>13} {'KNN accuracy':>13}")
@@ -285,7 +288,7 @@ the PixelCNN decoder (drawn pixel by pixel):""",
         """\
 samples = acn_pixelcnn.sample(8, torch.Generator().manual_seed(0))
 fig, axes = plt.subplots(1, 8, figsize=(6, 0.9))
-for ax, image in zip(axes, samples):
+for ax, image in zip(axes, samples, strict=True):
     ax.imshow(image[0], cmap="gray")
     ax.axis("off")
 plt.show()""",
