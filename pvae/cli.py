@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--likelihood", default=None, help="bernoulli, continuous_bernoulli or gaussian"
     )
-    train.add_argument("--architecture", default=None, help="mlp or conv (vae only)")
+    train.add_argument(
+        "--architecture",
+        default=None,
+        help="network family where a model offers several: mlp, conv, or pixelcnn (vae and acn); "
+        "`pvae train --model list` shows each model's choices",
+    )
     train.add_argument(
         "--model-option",
         action="append",
