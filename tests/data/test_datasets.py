@@ -127,7 +127,10 @@ def test_works_with_torch_dataloader():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"name": "cifar10"}, "available: binarized_mnist, citeseer, cora, mnist, mnist_sets, omniglot"),
+        (
+            {"name": "cifar10"},
+            "available: binarized_mnist, citeseer, cora, mnist, mnist_sets, omniglot",
+        ),
         ({"name": "mnist", "split": "validation"}, "available: train, valid"),
         ({"name": "mnist", "binarize": "stochastic"}, "binarize must be one of"),
         ({"name": "mnist", "size": 0}, "size must be a positive integer"),

@@ -79,6 +79,7 @@ def test_auc_and_average_precision_by_hand():
 
 def test_auc_and_average_precision_match_scikit_learn():
     from sklearn import metrics  # a dev dependency: the cross-check runs in CI
+
     generator = torch.Generator().manual_seed(0)
     for trial in range(100):
         n = int(torch.randint(2, 50, (1,), generator=generator))
