@@ -419,6 +419,14 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return rest
 
 
+def _refuse_nproc_under_torchrun(args: argparse.Namespace) -> None:
+    """``--nproc`` starts torchrun: a process that torchrun started must not start another."""
+    from pvae.infer.distributed import launched_by_torchrun
+
+    if args.nproc is not None and launched_by_torchrun():
+        raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
+
+
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """``pvae train|evaluate --nproc N``: the same command under ``torchrun`` with N processes
     on this machine (a free port found by ``--standalone``); returns torchrun's exit code."""
@@ -439,14 +447,13 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pvae.infer.distributed import from_env, launched_by_torchrun, restart_count
+    from pvae.infer.distributed import from_env, restart_count
     from pvae.infer.train import TrainConfig
     from pvae.models.registry import available_models
     from pvae.runs import TrainSpec, train_run
     from pvae.runs.report import plus_minus
 
-    if args.nproc is not None and launched_by_torchrun():
-        raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
+    _refuse_nproc_under_torchrun(args)
     world_size = args.nproc or int(os.environ.get("WORLD_SIZE", "1") or 1)
     if args.model != "list" and args.batch_size % world_size:
         raise CLIError(
@@ -526,12 +533,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- evaluate, sample, diagnose ------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pvae.infer.distributed import from_env, launched_by_torchrun
+    from pvae.infer.distributed import from_env
     from pvae.runs import evaluate_run
     from pvae.runs.report import plus_minus
 
-    if args.nproc is not None and launched_by_torchrun():
-        raise CLIError("--nproc: this process is already one of torchrun's; drop --nproc")
+    _refuse_nproc_under_torchrun(args)
     if args.nproc is not None and args.nproc > 1:
         return _launch_torchrun(args)
     with from_env(args.device) as distributed:

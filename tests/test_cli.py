@@ -906,3 +906,12 @@ def test_diagnose_under_torchrun_runs_on_rank_0_alone(run_copy: Path, capsys, mo
     code, _, err = run_cli(["diagnose", str(run_copy), "--quick", "--no-progress"], capsys)
     assert code == 0 and "rank 0 runs the diagnostics" in err
     assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_nproc_inside_torchrun_is_refused(run_copy: Path, capsys, monkeypatch) -> None:
+    """A process that torchrun started does not start torchrun again (train and evaluate)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = "already one of torchrun's"
+    expect_error(["train", *TINY, "--nproc", "2", "--out", str(run_copy)], capsys, message)
+    expect_error(["evaluate", str(run_copy), "--nproc", "2"], capsys, message)
