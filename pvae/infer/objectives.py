@@ -181,13 +181,31 @@ class ELBO(Objective):
         observed_total = _scaled_sum(observed)
         latent_total = _scaled_sum(latent)
         elbo = observed_total + latent_total
-        surrogate = elbo if self.beta == 1.0 else observed_total + self.beta * latent_total
+        weight = self._latent_weight()
+        surrogate = elbo if weight == 1.0 else observed_total + weight * latent_total
         if self.num_particles > 1:
             elbo, surrogate = elbo / self.num_particles, surrogate / self.num_particles
         factor = _minibatch_factor(scaling.frame, num_data, scale)
-        return ObjectiveValue(
-            loss=-surrogate, bound=elbo.detach() / factor, data_plate=scaling.frame
+        loss = -surrogate
+        penalty = self._penalty(
+            model, guide, args, kwargs, model_trace, guide_trace, scaling.frame, factor
         )
+        if penalty is not None:
+            loss = loss + penalty
+        return ObjectiveValue(loss=loss, bound=elbo.detach() / factor, data_plate=scaling.frame)
+
+    # Hooks for objectives that reweight or extend the ELBO (pvae.infer.info.InfoVAE): the
+    # bound stays the ELBO's, only the loss changes.
+    def _latent_weight(self) -> float:
+        """The weight of the latent terms (the KL) in the loss: ``beta``."""
+        return self.beta
+
+    def _penalty(
+        self, model, guide, args, kwargs, model_trace, guide_trace, frame, factor: float
+    ) -> torch.Tensor | None:
+        """A term added to the loss (not to the bound); ``factor`` is the data plate's
+        minibatch scale. None: nothing."""
+        return None
 
 
 def _accumulate(groups: dict, scale, term: torch.Tensor) -> None:
@@ -397,18 +415,28 @@ def make_objective(
     *,
     estimator: str = "standard",
     analytic_kl: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> Objective:
-    """Builds an objective from a name (``"elbo"``, ``"iwae"``, ``"dreg"``) or wraps a Pyro ELBO."""
+    """Builds an objective from a name (``"elbo"``, ``"iwae"``, ``"dreg"``, ``"infovae"``) or
+    wraps a Pyro ELBO. ``options``: keyword options of the named objective (``infovae``: those
+    of :class:`pvae.infer.info.InfoVAEObjective`: ``alpha``, ``mmd_lambda``, ``kernel``, ``bandwidth``)."""
     if isinstance(objective, Objective):
         return objective
     if isinstance(objective, PyroELBO):
         return PyroObjective(objective)
+    if options and objective != "infovae":
+        raise ValueError(f"objective {objective!r} takes no options, got {sorted(options)}")
     if objective == "elbo":
         return ELBO(num_particles, analytic_kl=analytic_kl)
     if objective == "iwae":
         return IWAE(num_particles, estimator=estimator)
     if objective == "dreg":
         return IWAE(num_particles, estimator="dreg")
+    if objective == "infovae":
+        from pvae.infer.info import InfoVAEObjective  # imports this module
+
+        return InfoVAEObjective(num_particles, analytic_kl=analytic_kl, **(options or {}))
     raise ValueError(
-        f"unknown objective {objective!r}; choose 'elbo', 'iwae' or 'dreg', or pass a Pyro ELBO"
+        f"unknown objective {objective!r}; choose 'elbo', 'iwae', 'dreg' or 'infovae', or pass "
+        "a Pyro ELBO"
     )
