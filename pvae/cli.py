@@ -328,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose.add_argument("--seed", type=int, default=0, help="random seed")
     diagnose.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    diagnose.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=None,
+        help="share the work among N processes on this machine (starts `torchrun "
+        "--nproc-per-node N -m pvae.cli diagnose ...`): the data are cut into 8 seeded chunks "
+        "that the processes share, so the numbers are the same at any N up to 8 (and another "
+        "draw, within Monte Carlo error, than one process's single stream)",
+    )
     return parser
 
 
@@ -428,7 +437,7 @@ def _refuse_nproc_under_torchrun(args: argparse.Namespace) -> None:
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """``pvae train|evaluate --nproc N``: the same command under ``torchrun`` with N processes
+    """``pvae train|evaluate|diagnose --nproc N``: the same command under ``torchrun`` with N processes
     on this machine (a free port found by ``--standalone``); returns torchrun's exit code."""
     import subprocess
 
@@ -598,25 +607,26 @@ def _diagnose_sizes(args: argparse.Namespace) -> dict[str, int]:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from pvae.infer.distributed import env_world
+    from pvae.infer.distributed import from_env
     from pvae.runs import diagnose_run
     from pvae.runs.diagnose import summary_text
 
-    world = env_world()
-    if world is not None and world[0] > 0:
-        # The diagnostics do not share their work among processes (yet): under torchrun rank 0
-        # runs them alone and writes the files; the other ranks have nothing to do.
-        print(f"pvae diagnose [rank {world[0]}]: rank 0 runs the diagnostics", file=sys.stderr)
-        return 0
-
-    metrics = diagnose_run(
-        args.run_dir,
-        **_diagnose_sizes(args),
-        checkpoint=args.checkpoint,
-        seed=args.seed,
-        progress=not args.no_progress,
-        ais_start=args.ais_start,
-    )
+    _refuse_nproc_under_torchrun(args)
+    sizes = _diagnose_sizes(args)
+    if args.nproc is not None and args.nproc > 1:
+        return _launch_torchrun(args)
+    with from_env("cpu") as distributed:
+        metrics = diagnose_run(
+            args.run_dir,
+            **sizes,
+            checkpoint=args.checkpoint,
+            seed=args.seed,
+            progress=not args.no_progress,
+            ais_start=args.ais_start,
+            distributed=distributed,
+        )
+    if distributed is not None and not distributed.is_main:
+        return 0  # rank 0 prints
     print(summary_text(metrics, args.run_dir))
     return 0
 

@@ -193,6 +193,24 @@ class _GuideDraws:
     log_likelihood: dict[str, torch.Tensor]  # observed site -> log p(x_n | z_s), (S, N)
     observed: dict[str, torch.Tensor]  # observed site -> (N, *event)
 
+    @classmethod
+    def concatenate(cls, parts: list[_GuideDraws]) -> _GuideDraws:
+        """The draws of consecutive blocks of data as those of all of them (data in order)."""
+        first = parts[0]
+        return cls(
+            {name: torch.cat([p.latents[name] for p in parts], 1) for name in first.latents},
+            torch.cat([p.log_weights for p in parts], 1),
+            {
+                name: torch.cat([p.log_likelihood[name] for p in parts], 1)
+                for name in first.log_likelihood
+            },
+            {
+                name: torch.cat([p.observed[name] for p in parts])
+                for name in first.observed
+                if all(name in p.observed for p in parts)
+            },
+        )
+
 
 def _particle_datum_first(
     site: dict[str, Any], k: int, n: int, num_dims: int, data_dim: int
@@ -344,13 +362,20 @@ def to_inference_data(
             f"num_samples ({num_samples}) must be a positive multiple of num_chains "
             f"({num_chains}): the draws are split into chains of equal length"
         )
-    az = _arviz()
-    import xarray as xr
-
     draws = _guide_draws(
         model, guide, x, *args, num_samples=int(num_samples), sample_batch_size=sample_batch_size
     )
+    return _inference_data(draws, num_chains, include_data)
+
+
+def _inference_data(draws: _GuideDraws, num_chains: int, include_data: bool) -> Any:
+    """:func:`to_inference_data`'s ``InferenceData`` of draws already made."""
+    az = _arviz()
+    import xarray as xr
+
     s, n = draws.log_weights.shape
+    if s % num_chains:
+        raise ValueError(f"{s} draws cannot be split into {num_chains} chains of equal length")
     coords: dict[str, Any] = {
         "chain": list(range(num_chains)),
         "draw": list(range(s // num_chains)),

@@ -897,15 +897,53 @@ def test_help_states_each_default_once(command: str, capsys) -> None:
         assert block.count("default") <= 1 + block.count("defaults"), block
 
 
-def test_diagnose_under_torchrun_runs_on_rank_0_alone(run_copy: Path, capsys, monkeypatch):
-    """The diagnostics are not sharded: a rank other than 0 leaves them to rank 0 (no second
-    writer of the same files)."""
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    before = sorted(p.name for p in run_copy.iterdir())
-    code, _, err = run_cli(["diagnose", str(run_copy), "--quick", "--no-progress"], capsys)
-    assert code == 0 and "rank 0 runs the diagnostics" in err
-    assert sorted(p.name for p in run_copy.iterdir()) == before
+def test_diagnose_nproc_shares_the_work_and_matches_one_sharded_process(
+    run_copy: Path, tmp_path: Path, capsys
+) -> None:
+    """``pvae diagnose --nproc 2`` (torchrun, two gloo ranks) prints once, writes the files
+    once, and gives the numbers of one process running the same seeded chunks
+    (``diagnose_model(..., sharded=True)``)."""
+    from pvae.runs.diagnose import diagnose_run
+
+    alone_dir = Path(shutil.copytree(run_copy, tmp_path / "alone"))
+    sizes = ["--num-data", "6", "--num-samples", "50", "--ais-steps", "20", "--ais-chains", "2"]
+    sizes += ["--bdmc-data", "3", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pvae.cli", "diagnose", str(run_copy), "--nproc", "2"]
+    done = subprocess.run(
+        [*command, *sizes, "--no-progress"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("BDMC") == 1  # rank 0 alone prints the table
+    report = (run_copy / "report.md").read_text()
+    assert report.count("## Diagnostics (`pvae diagnose`)") == 1
+    both = json.loads((run_copy / "diagnostics.json").read_text())
+    assert both["shards"] == {"chunks": 6, "processes": 2, "seed": 3}
+
+    alone = diagnose_run(
+        alone_dir, num_data=6, num_samples=50, ais_steps=20, ais_chains=2, bdmc_data=3, seed=3,
+        progress=False, distributed=None,
+    )  # fmt: skip
+    assert "shards" not in alone  # one process without torchrun: the single stream
+    from pvae.data import load_dataset
+    from pvae.runs import load_run
+    from pvae.runs.diagnose import diagnose_model
+    from pvae.runs.evaluate import whole_batch
+
+    model, config = load_run(alone_dir, "best")
+    test = load_dataset(config["dataset"], "test", size=6, size_seed=3, progress=False)
+    sharded, _ = diagnose_model(
+        model, whole_batch(test), None, tmp_path / "sharded", num_samples=50, ais_steps=20,
+        ais_chains=2, bdmc_data=3, seed=3, progress=False, sharded=True,
+    )  # fmt: skip
+    assert sharded["shards"] == {"chunks": 6, "processes": 1, "seed": 3}
+    for key in ("ladder", "bdmc", "importance", "ais", "active_units", "kl_total"):
+        assert json.dumps(both[key], sort_keys=True) == json.dumps(sharded[key], sort_keys=True)
+    # The chunks' own streams are another draw than one process's single stream.
+    assert both["ais"]["mean"] != alone["ais"]["mean"]
+    assert abs(both["ais"]["mean"] - alone["ais"]["mean"]) < 5 * (
+        both["ais"]["stderr"] + alone["ais"]["stderr"]
+    )
 
 
 def test_nproc_inside_torchrun_is_refused(run_copy: Path, capsys, monkeypatch) -> None:
@@ -915,3 +953,4 @@ def test_nproc_inside_torchrun_is_refused(run_copy: Path, capsys, monkeypatch) -
     message = "already one of torchrun's"
     expect_error(["train", *TINY, "--nproc", "2", "--out", str(run_copy)], capsys, message)
     expect_error(["evaluate", str(run_copy), "--nproc", "2"], capsys, message)
+    expect_error(["diagnose", str(run_copy), "--nproc", "2"], capsys, message)

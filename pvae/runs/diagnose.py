@@ -16,6 +16,16 @@ and the collapse metrics (active units, KL per unit, mutual information), then w
 the BDMC gap, active units, mutual information); :func:`summary_text` lays them out as the
 table ``pvae diagnose`` prints, and ``report.md`` holds the same rows.
 
+Across processes (``pvae diagnose --nproc N``, or under ``torchrun``; issue #16): with
+``distributed`` (or ``sharded=True`` in one process) the data are cut into
+:data:`SHARD_CHUNKS` consecutive chunks, each with its own random stream seeded from ``seed``
+and its index, and the ranks share the chunks: the guide draws (k-hat, ESS, the IWAE rungs),
+AIS on the test data and BDMC (over its simulated data) run on each rank's chunks and are
+gathered in order on rank 0, so the numbers are the same at any number of processes up to
+:data:`SHARD_CHUNKS` (another draw, within Monte Carlo error, than the unsharded single
+stream). The collapse metrics (one pass of the guide over the data) and the files are rank
+0's; every rank returns rank 0's metrics.
+
 References:
     [1] Wu, Burda, Salakhutdinov, Grosse. On the Quantitative Analysis of Decoder-Based
         Generative Models. ICLR 2017. arXiv:1611.04273
@@ -41,6 +51,62 @@ import torch
 from pvae.runs.folder import write_json
 
 AIS_STARTS = ("guide", "prior")  # where AIS on the test data starts; BDMC: the prior
+#: the seeded chunks the data are cut into when the diagnostics are sharded
+SHARD_CHUNKS = 8
+
+
+class _Shards:
+    """Consecutive chunks of ``n`` rows, each computed under its own seed, shared among ranks
+    (rank ``r`` takes a contiguous block of chunks) and gathered in order on rank 0."""
+
+    def __init__(self, n: int, distributed: Any, seed: int) -> None:
+        count = max(1, min(int(n), SHARD_CHUNKS))
+        self.bounds = [(i * n // count, (i + 1) * n // count) for i in range(count)]
+        self.distributed = distributed
+        world, rank = (1, 0) if distributed is None else (distributed.world_size, distributed.rank)
+        self.mine = range(rank * count // world, (rank + 1) * count // world)
+        self.seed = int(seed)
+
+    @property
+    def is_main(self) -> bool:
+        return self.distributed is None or self.distributed.is_main
+
+    def map(self, key: int, fn: Callable[[int, int], Any]) -> list[Any] | None:
+        """``[fn(lo, hi) for each chunk]`` in chunk order on rank 0 (``None`` on the others);
+        chunk ``i`` runs with torch's generator seeded by ``derive_seed(seed, key, i)`` (the
+        caller's state is restored). An error on any rank is raised on every rank."""
+        from pvae.infer.distributed import derive_seed
+
+        local: list[tuple[int, Any]] = []
+        error: BaseException | None = None
+        for index in self.mine:
+            lo, hi = self.bounds[index]
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(self.seed, key, index))
+                    local.append((index, fn(lo, hi)))
+            except Exception as caught:  # noqa: BLE001 - re-raised on every rank below
+                error = caught
+                break
+        if self.distributed is None:
+            if error is not None:
+                raise error
+            return [value for _, value in local]
+        gathered = self.distributed.gather_objects((local, error))
+        if self.distributed.is_main:
+            errors = [e for _, e in gathered if e is not None]
+            error = errors[0] if errors else None
+        error = self.distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        if not self.distributed.is_main:
+            return None
+        pairs = sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])
+        return [value for _, value in pairs]
+
+
+def _rows(args: tuple, lo: int, hi: int) -> tuple:
+    return tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _tensor(values: Any) -> torch.Tensor | None:
@@ -87,6 +153,8 @@ def diagnose_model(
     seed: int | None = 0,
     progress: bool = True,
     ais_start: str = "guide",
+    distributed: Any = None,
+    sharded: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Diagnoses ``model`` (a :class:`pvae.models.base.Model`) on one batch of test data.
 
@@ -105,6 +173,11 @@ def diagnose_model(
         bdmc_data, bdmc_steps: simulated data and steps (default ``ais_steps``) for BDMC
             (0 skips it).
         seed: seeds AIS and BDMC (their randomness only; the global generator is restored).
+        distributed: a :class:`~pvae.infer.distributed.DistributedContext` (every rank calls
+            with the same arguments): the ranks share the work (module docstring); rank 0
+            alone writes the files.
+        sharded: in one process, the sharded computation (seeded chunks): the numbers that
+            any number of processes gives.
 
     Returns:
         ``(metrics, figures)``: the metrics written to ``diagnostics.json`` and a list of
@@ -115,7 +188,7 @@ def diagnose_model(
     from pvae.diagnostics import ImportanceDiagnostics, to_inference_data
     from pvae.evaluation.ais import bdmc
     from pvae.evaluation.importance import mean_and_stderr
-    from pvae.evaluation.ladder import bound_ladder
+    from pvae.evaluation.ladder import LadderRow, bound_ladder
 
     if not (hasattr(model, "model") and hasattr(model, "guide")):
         raise ValueError("diagnose_model needs a pvae model with .model and .guide methods")
@@ -131,8 +204,19 @@ def diagnose_model(
     x, extra = args[0], args[1:]
     labels = _tensor(labels)
     labels = labels[:n] if labels is not None else None
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
+    shards = None
+    if distributed is not None or sharded:
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,)))
+            seed = seed if distributed is None else distributed.broadcast_object(seed)
+        shards = _Shards(n, distributed, seed)
+        progress = progress and shards.is_main
+    is_main = shards is None or shards.is_main
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     metrics: dict[str, Any] = {"num_data": n, "num_samples": int(num_samples), "skipped": {}}
     figures: list[tuple[str, str]] = []
@@ -145,8 +229,34 @@ def diagnose_model(
         text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
         metrics["skipped"][name] = text
 
+    # The shared part: guide draws, AIS and BDMC, on every rank's chunks (shards only).
+    obstacle = _ais_obstacle(model, args)
+    run_ais = bool(ais_steps) and not obstacle
+    steps = int(bdmc_steps or ais_steps)
+    simulated = int(bdmc_data) if not extra else min(int(bdmc_data), n)
+    if shards is not None:
+        shared = _sharded_work(
+            model,
+            args,
+            shards,
+            num_samples=int(num_samples),
+            ais_steps=int(ais_steps) if run_ais else 0,
+            ais_chains=int(ais_chains),
+            ais_leapfrog_steps=int(ais_leapfrog_steps),
+            ais_start=ais_start,
+            bdmc_data=simulated if run_ais and bdmc_data else 0,
+            bdmc_steps=steps,
+            distributed=distributed,
+            progress=progress,
+        )
+        if not is_main:
+            return distributed.broadcast_object(None), []
+
     # Importance diagnostics and their InferenceData (one set of guide samples for both).
-    idata = to_inference_data(model.model, model.guide, *args, num_samples=int(num_samples))
+    if shards is None:
+        idata = to_inference_data(model.model, model.guide, *args, num_samples=int(num_samples))
+    else:
+        idata = shared["idata"]
     importance = ImportanceDiagnostics.from_inference_data(idata)
     log_w, khat, ess = importance.log_weights, importance.khat, importance.ess
     finite_khat = khat[torch.isfinite(khat)]
@@ -163,17 +273,14 @@ def diagnose_model(
 
     # Bound ladder: ELBO, IWAE-K from the same samples, AIS where the latents allow it.
     usable = [k for k in ks if int(k) <= int(num_samples)]
-    obstacle = _ais_obstacle(model, args)
-    run_ais = bool(ais_steps)
-    if run_ais and obstacle:
-        run_ais = False
+    if ais_steps and obstacle:
         skip("ais", obstacle)
     ladder = bound_ladder(
         model.model,
         model.guide,
         *args,
         ks=usable,
-        ais_steps=int(ais_steps) if run_ais else None,
+        ais_steps=int(ais_steps) if run_ais and shards is None else None,
         ais_chains=int(ais_chains),
         ais_from_guide=ais_start == "guide",
         ais_leapfrog_steps=int(ais_leapfrog_steps),
@@ -181,6 +288,8 @@ def diagnose_model(
         progress=progress,
         log_weights=log_w,
     )
+    if run_ais and shards is not None:
+        ladder.rows.append(LadderRow(f"AIS (T={int(ais_steps)})", int(ais_chains), shared["ais"]))
     metrics["ladder"] = ladder.as_dict()
     metrics["elbo"] = mean_and_stderr(ladder.rows[0].values)
     metrics["iwae"] = {
@@ -198,24 +307,28 @@ def diagnose_model(
 
     # BDMC on data simulated from the model (given the test data's other arguments).
     if ais_steps and bdmc_data:
-        simulated = int(bdmc_data) if not extra else min(int(bdmc_data), n)
         if not run_ais:
             skip("bdmc", metrics["skipped"].get("ais", "AIS is off"))
         else:
-            steps = int(bdmc_steps or ais_steps)
-            result = _bdmc_or_skip(
-                skip,
-                bdmc,
-                model.model,
-                simulated,
-                steps,
-                int(ais_chains),
-                *_slice(extra, simulated),
-                example_x=x[:1],
-                leapfrog_steps=int(ais_leapfrog_steps),
-                seed=seed,
-                progress=progress,
-            )
+            if shards is None:
+                result = _bdmc_or_skip(
+                    skip,
+                    bdmc,
+                    model.model,
+                    simulated,
+                    steps,
+                    int(ais_chains),
+                    *_slice(extra, simulated),
+                    example_x=x[:1],
+                    leapfrog_steps=int(ais_leapfrog_steps),
+                    seed=seed,
+                    progress=progress,
+                )
+            else:
+                result = shared["bdmc"]
+                if isinstance(result, str):
+                    skip("bdmc", result)
+                    result = None
             if result is not None:
                 metrics["bdmc"] = {
                     "num_data": simulated,
@@ -239,9 +352,109 @@ def diagnose_model(
 
     metrics["seconds"] = time.perf_counter() - start
     metrics["files"] = ["diagnostics.json", "diagnostics.nc", *(name for _, name in figures)]
+    if shards is not None:
+        metrics["shards"] = {
+            "chunks": len(shards.bounds),
+            "processes": 1 if distributed is None else distributed.world_size,
+            "seed": int(seed),
+        }
     metrics = _clean(metrics)
     write_json(out / "diagnostics.json", metrics)
+    if distributed is not None:
+        distributed.broadcast_object(metrics)
     return metrics, figures
+
+
+class _Sandwich:
+    """BDMC's bounds gathered from the shards (what ``diagnose_model`` reads of a
+    :class:`~pvae.evaluation.ais.BDMCResult`)."""
+
+    def __init__(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
+        self.lower, self.upper = lower, upper
+        self.gap = upper - lower
+        self.lower_mean = float(lower.mean())
+        self.upper_mean = float(upper.mean())
+        self.gap_mean = float(self.gap.mean())
+
+
+def _sharded_work(
+    model: Any,
+    args: tuple,
+    shards: _Shards,
+    *,
+    num_samples: int,
+    ais_steps: int,
+    ais_chains: int,
+    ais_leapfrog_steps: int,
+    ais_start: str,
+    bdmc_data: int,
+    bdmc_steps: int,
+    distributed: Any,
+    progress: bool,
+) -> dict[str, Any]:
+    """Guide draws, AIS and BDMC on this rank's chunks, gathered on rank 0: ``{"idata",
+    "ais" (N,), "bdmc" (a sandwich, or why it was skipped)}`` there, ``{}`` elsewhere."""
+    from pvae.diagnostics import _guide_draws, _GuideDraws, _inference_data
+    from pvae.evaluation.ais import ais_log_likelihood, bdmc
+
+    shared: dict[str, Any] = {}
+    draws = shards.map(
+        0,
+        lambda lo, hi: _guide_draws(
+            model.model,
+            model.guide,
+            *_rows(args, lo, hi),
+            num_samples=num_samples,
+            sample_batch_size=200,
+        ),
+    )
+    if shards.is_main:
+        shared["idata"] = _inference_data(_GuideDraws.concatenate(draws), 1, True)
+    if ais_steps:
+        values = shards.map(
+            1,
+            lambda lo, hi: (
+                ais_log_likelihood(
+                    model.model,
+                    *_rows(args, lo, hi),
+                    num_steps=ais_steps,
+                    num_chains=ais_chains,
+                    guide=model.guide if ais_start == "guide" else None,
+                    leapfrog_steps=ais_leapfrog_steps,
+                    progress=progress,
+                ).values
+            ),
+        )
+        if shards.is_main:
+            shared["ais"] = torch.cat(values)
+    if ais_steps and bdmc_data:
+        extra = args[1:]
+        simulation = _Shards(bdmc_data, distributed, shards.seed)
+
+        def sandwich(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            result = bdmc(
+                model.model,
+                hi - lo,
+                bdmc_steps,
+                ais_chains,
+                *_rows(extra, lo, hi),
+                example_x=args[0][:1],
+                leapfrog_steps=ais_leapfrog_steps,
+                progress=progress,
+            )
+            return result.lower, result.upper
+
+        try:
+            bounds = simulation.map(2, sandwich)
+        except NotImplementedError as error:
+            shared["bdmc"] = f"the model cannot simulate data from its observed site: {error}"
+        else:
+            if shards.is_main:
+                shared["bdmc"] = _Sandwich(
+                    torch.cat([lower for lower, _ in bounds]),
+                    torch.cat([upper for _, upper in bounds]),
+                )
+    return shared
 
 
 def _bdmc_or_skip(skip: Callable, bdmc: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -347,7 +560,7 @@ def _ais_obstacle(model: Any, args: tuple) -> str | None:
 
     from pvae.infer.trace import latent_sites
 
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # a check draws no randomness
         trace = poutine.trace(model.model).get_trace(*_slice(args, 2))
     if not latent_sites(trace):
         return "the model has no latent variable (its importance-sampled log p(x) is exact)"
@@ -377,11 +590,16 @@ def diagnose_run(
     seed: int = 0,
     progress: bool = True,
     ais_start: str = "guide",
+    distributed: Any = None,
 ) -> dict[str, Any]:
     """Diagnoses a run folder's model on ``num_data`` test items drawn with ``seed``, writes
     ``diagnostics.json``, ``diagnostics.nc`` and the figures there, and adds a diagnostics
-    section (with what was skipped, and why) to its ``report.md``. Returns the metrics."""
+    section (with what was skipped, and why) to its ``report.md``. Returns the metrics.
+
+    With ``distributed`` (every rank of a ``torchrun`` launch calls it) the ranks share the
+    work (:func:`diagnose_model`) and rank 0 writes."""
     from pvae.data import load_dataset
+    from pvae.infer.distributed import main_first
     from pvae.runs.evaluate import whole_batch
     from pvae.runs.folder import load_run
     from pvae.runs.report import append_diagnostics
@@ -389,8 +607,14 @@ def diagnose_run(
     if num_samples < 50:
         # PSIS fits a Pareto tail to the largest ~3 sqrt(S) weights of each datum.
         raise ValueError(f"num_samples must be >= 50 for PSIS k-hat, got {num_samples}")
+    if distributed is not None and distributed.world_size == 1:
+        distributed = None
+    is_main = distributed is None or distributed.is_main
     model, config = load_run(run_dir, checkpoint)
-    test = load_dataset(config["dataset"], "test", size=num_data, size_seed=seed, progress=progress)
+    with main_first(distributed):  # rank 0 downloads, if anything is missing
+        test = load_dataset(
+            config["dataset"], "test", size=num_data, size_seed=seed, progress=progress and is_main
+        )
     batch = whole_batch(test)
     labels = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
     metrics, figures = diagnose_model(
@@ -405,8 +629,10 @@ def diagnose_run(
         seed=seed,
         progress=progress,
         ais_start=ais_start,
+        distributed=distributed,
     )
-    append_diagnostics(Path(run_dir), figures, skipped_notes(metrics), summary_rows(metrics))
+    if is_main:
+        append_diagnostics(Path(run_dir), figures, skipped_notes(metrics), summary_rows(metrics))
     return metrics
 
 
