@@ -137,9 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--objective",
         default="elbo",
-        choices=["elbo", "iwae", "dreg"],
+        choices=["elbo", "iwae", "dreg", "infovae"],
         help="elbo (analytic KL where available), iwae (importance weighted, K=--num-particles), "
-        "or dreg (IWAE with the doubly-reparameterized gradient of Tucker et al. 2018)",
+        "dreg (IWAE with the doubly-reparameterized gradient of Tucker et al. 2018), or infovae "
+        "(Zhao et al.: KL weight 1 - alpha, MMD across the batch weighted alpha + lambda - 1; "
+        "options by --objective-option)",
+    )
+    train.add_argument(
+        "--objective-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_model_option,
+        help="an option of the objective, VALUE read as JSON (else a string); repeatable; "
+        "infovae: alpha (default 0), mmd_lambda (1000), kernel (rbf or imq), bandwidth "
+        "(a number, median, or null for 2 * latent size), e.g. --objective-option alpha=1",
     )
     train.add_argument(
         "--num-particles",
@@ -516,6 +528,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_options=_model_options(args),
         objective=args.objective,
         num_particles=args.num_particles,
+        objective_options=dict(args.objective_option),
         train=train,
         eval_samples=args.eval_samples,
         eval_size=args.eval_size,

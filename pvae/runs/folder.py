@@ -45,6 +45,7 @@ FIXED = {
     "model_config": "the model's options",
     "objective": "--objective",
     "num_particles": "--num-particles",
+    "objective_options": "--objective-option",
     "train_size": "--train-size",
     "num_labels": "--num-labels",
     "labelled_schedule": "--labelled-schedule",

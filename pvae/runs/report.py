@@ -60,7 +60,8 @@ def write_report(
         f"| valid ELBO, last epoch | "
         f"{last.get('valid_elbo', last.get('valid_bound', float('nan'))):.2f} |",
         *best,
-        f"| objective | {config['objective']} (K={config['num_particles']}) |",
+        f"| objective | {config['objective']} (K={config['num_particles']})"
+        f"{''.join(f', {k}={v}' for k, v in config.get('objective_options', {}).items())} |",
         f"| model | {json.dumps(_abridged(config['model_config']))} |",
         f"| training time | {metrics['train_wall_time']:.0f} s |",
         f"| evaluation time | {metrics['eval_wall_time']:.0f} s |",

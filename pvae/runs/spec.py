@@ -10,7 +10,7 @@ from typing import Any
 from pvae.data.semisupervised import SCHEDULES
 from pvae.infer.train import TrainConfig
 
-OBJECTIVES = ("elbo", "iwae", "dreg")
+OBJECTIVES = ("elbo", "iwae", "dreg", "infovae")
 
 
 @dataclass
@@ -20,7 +20,9 @@ class TrainSpec:
     ``model_options`` are constructor options of the registered ``model`` (the dataset
     supplies the rest, e.g. ``input_shape``); ``train`` holds the optimisation, the seed and
     the device; ``eval_samples``/``eval_size`` the test evaluation (``eval_samples`` ``None``:
-    the model's ``default_eval_samples``); ``train_size`` keeps only
+    the model's ``default_eval_samples``); ``objective_options`` are keyword options of the
+    objective (``infovae``: ``alpha``, ``mmd_lambda``, ``kernel``, ``bandwidth``, see
+    :class:`pvae.infer.info.InfoVAEObjective`); ``train_size`` keeps only
     the first N training units (smoke runs, with a validation set of ``max(100, N // 5)``);
     ``num_labels`` and ``labelled_schedule`` (``"epoch"`` or ``"step"``, see
     :class:`~pvae.data.semisupervised.SemiSupervisedData`) go to models whose
@@ -32,6 +34,7 @@ class TrainSpec:
     model_options: dict[str, Any] = field(default_factory=dict)
     objective: str = "elbo"
     num_particles: int = 1
+    objective_options: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_samples: int | None = None
     eval_size: int | None = None
@@ -46,6 +49,10 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if self.objective_options:
+            from pvae.infer.objectives import make_objective
+
+            make_objective(self.objective, 1, options=self.objective_options)  # validates
         for name in ("num_particles", "eval_samples", "num_labels", "eval_size", "train_size"):
             value = getattr(self, name)
             if value is None and name in ("eval_size", "train_size", "eval_samples"):

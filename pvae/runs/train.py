@@ -136,7 +136,7 @@ def _check_objective(spec: TrainSpec) -> None:
     """The KL weight (beta, free bits, annealing) is a term of the ELBO; the importance-weighted
     bounds have no KL term to weight, so the combination would train the plain IWAE while the
     run folder claimed otherwise: refuse it."""
-    if spec.objective == "elbo":
+    if spec.objective in ("elbo", "infovae"):  # InfoVAE's KL weight (1 - alpha) composes
         return
     weighted = [
         f"{key}={value}"
@@ -184,6 +184,7 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
     batch. The run folder must be one that every rank reads (one machine, or a shared
     filesystem)."""
     from pvae.infer.distributed import main_first
+    from pvae.infer.objectives import make_objective
     from pvae.infer.train import fit
     from pvae.models.registry import get_model_class
     from pvae.runs.evaluate import evaluate_model
@@ -228,6 +229,7 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
         "model_config": model.config.to_dict(),
         "objective": spec.objective,
         "num_particles": spec.num_particles,
+        "objective_options": spec.objective_options,
         "train": spec.train_dict(),
         "monitor": setup.get("monitor", spec.train.monitor),
         "eval_samples": spec.eval_samples,
@@ -253,7 +255,11 @@ def train_run(spec: TrainSpec, distributed: DistributedContext | None = None) ->
         fit_kwargs: dict[str, Any] = dict(
             train_data=train,
             valid_data=valid,
-            objective=spec.objective,
+            objective=(
+                make_objective(spec.objective, spec.num_particles, options=spec.objective_options)
+                if spec.objective_options
+                else spec.objective
+            ),
             num_particles=spec.num_particles,
         )
         callbacks = [*setup.pop("callbacks", []), position]
