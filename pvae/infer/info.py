@@ -44,12 +44,13 @@ on ``log p(x)``, whatever the weights; only the loss is InfoVAE's. KL annealing 
 KL weight ``1 - alpha`` (``weights_latents``). A minibatch of a single datum has no
 across-batch MMD: its MMD term is 0.
 
-Not Pyro's ``Trace_MMD``: that objective computes the MMD between the *particles* of the guide
-and the prior for each datum separately (over its ``num_particles`` dimension), with the data
-plate's entries scored independently, so it matches each ``q(z | x_n)`` to the prior (a KL-like
-per-datum term, which drives the codes toward the prior and away from the data), not the
-aggregate posterior ``q(z)``: with one particle it cannot even be computed. The MMD here is
-across the data batch.
+Not Pyro's ``Trace_MMD``: that objective computes the MMD between its *particles*, each
+particle the whole batch's codes of a site flattened into one vector, and as many joint prior
+draws: it compares the joint posterior of the batch with the prior over ``num_particles``
+points, not the data's codes with the prior across the batch, so it is not the aggregate
+term (with one particle it has a single point per sample; codes whose aggregate is the prior
+still get a large penalty: ``tests/infer/test_info.py``). The MMD here is across the data
+batch, one point per datum.
 
 The model ``info_vae`` (:mod:`pvae.models.info_vae`) is the VAE with the same weights built
 into the model (a zero-valued MMD factor): use it where the objective cannot be chosen (a Pyro

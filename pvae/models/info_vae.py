@@ -24,15 +24,11 @@ the unbiased U-statistic (:func:`pvae.evaluation.mmd.mmd`; kernels ``rbf`` or ``
   in training mode with gradients on, so evaluation (and HMC in AIS, which differentiates the
   joint in ``z``) sees the plain model.
 
-Which settings are which objective (``mmd_weight = alpha + lambda - 1``):
-
-=========================================  ==============================================
-``alpha = 0, mmd_lambda = 1``              the ELBO (the VAE)
-``alpha = 1 - beta, mmd_lambda = beta``    the beta-VAE (MMD weight 0)
-``alpha = 0, mmd_lambda > 1``              the ELBO plus ``(mmd_lambda - 1)`` MMD (default:
-                                           ``mmd_lambda = 1000``, an unverified choice)
-``alpha -> 1, mmd_lambda = 1``             MMD-VAE: reconstruction and MMD, no KL [1]
-=========================================  ==============================================
+Which settings are which objective: the table in :mod:`pvae.infer.info`, whose
+``objective="infovae"`` trains any model of the zoo (``vae``, ``svae``, the text VAEs) with the
+same weights; this model builds them into the model instead, for training with any ELBO (a
+Pyro one included). The weights are validated by the same
+:func:`pvae.infer.info.check_weights`.
 
 ``alpha = 1`` itself (no KL at all) is refused: Pyro's ``poutine.scale`` needs a positive
 scale; use ``alpha`` close to 1. The training value is the beta-VAE objective with
@@ -42,7 +38,8 @@ make the MMD weight negative (``alpha + lambda < 1``, e.g. ``alpha = 0.5, lambda
 are refused too: they would push ``q(z)`` *away* from the prior.
 
 Note: Pyro's ``Trace_MMD`` is not this objective: it computes the MMD over the particle
-dimension per datum, not across the data batch, so it does not measure the aggregate posterior.
+dimension (each particle the whole batch's codes as one vector), not across the data batch, so
+it does not measure the aggregate posterior (see :mod:`pvae.infer.info`).
 
 References:
     [1] Zhao, Song, Ermon. InfoVAE: Balancing Learning and Inference in Variational
@@ -53,7 +50,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,21 +57,13 @@ import pyro
 import torch
 
 from pvae.evaluation.mmd import KERNELS, mmd
+from pvae.infer.info import check_bandwidth, check_weights
 from pvae.models.base import option
 from pvae.models.image import ImageConfig
 from pvae.models.registry import register_model
 from pvae.models.vae import VAE
 
 __all__ = ["InfoVAE", "InfoVAEConfig"]
-
-
-def _bandwidth(value: Any) -> float | str:
-    if value == "median":
-        return value
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"must be a positive number or 'median', got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -91,24 +79,12 @@ class InfoVAEConfig(ImageConfig):
     bandwidth: float | str | None = option(
         None,
         "kernel bandwidth h: a number, 'median', or null for 2 * latent_dim",
-        convert=_bandwidth,
+        convert=check_bandwidth,
     )
 
     def validate(self) -> None:
         super().validate()
-        if not (self.alpha < 1 and math.isfinite(self.alpha)):
-            raise ValueError(
-                f"alpha must be a number below 1 (the KL weight 1 - alpha must be positive), "
-                f"got {self.alpha}"
-            )
-        if not (self.mmd_lambda > 0 and math.isfinite(self.mmd_lambda)):
-            raise ValueError(f"mmd_lambda must be a positive number, got {self.mmd_lambda}")
-        if self.alpha + self.mmd_lambda - 1 < 0:
-            raise ValueError(
-                f"the MMD weight alpha + mmd_lambda - 1 = {self.alpha + self.mmd_lambda - 1:g} "
-                "is negative (it would push q(z) away from the prior); raise mmd_lambda to at "
-                f"least 1 - alpha = {1 - self.alpha:g}"
-            )
+        check_weights(self.alpha, self.mmd_lambda, allow_alpha_one=False)
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; choose from {', '.join(KERNELS)}")
         if self.architecture not in ("mlp", "conv"):
