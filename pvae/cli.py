@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (checked first)")
     train.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: the networks' matrix products in bfloat16 (autocast), the distributions' "
+        "log-densities and the parameters in float32",
+    )
+    train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"
     )
     train.add_argument(
@@ -422,6 +429,7 @@ _TRAIN_FLAGS = {
     "early_stopping_patience": "--patience",
     "seed": "--seed",
     "checkpoint_every": "--checkpoint-every",
+    "precision": "--precision",
 }
 
 
@@ -449,8 +457,8 @@ def _refuse_nproc_under_torchrun(args: argparse.Namespace) -> None:
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """``pvae train|evaluate|diagnose --nproc N``: the same command under ``torchrun`` with N processes
-    on this machine (a free port found by ``--standalone``); returns torchrun's exit code."""
+    """``pvae train|evaluate|diagnose --nproc N``: the same command under ``torchrun`` with N
+    processes on this machine (a free port found by ``--standalone``); returns torchrun's exit code."""
     import subprocess
 
     command = [
@@ -518,6 +526,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             checkpoint_every=args.checkpoint_every,
+            precision=args.precision,
         )
     except ValueError as error:
         field = str(error).split(" ", 1)[0]

@@ -954,3 +954,15 @@ def test_nproc_inside_torchrun_is_refused(run_copy: Path, capsys, monkeypatch) -
     expect_error(["train", *TINY, "--nproc", "2", "--out", str(run_copy)], capsys, message)
     expect_error(["evaluate", str(run_copy), "--nproc", "2"], capsys, message)
     expect_error(["diagnose", str(run_copy), "--nproc", "2"], capsys, message)
+
+
+def test_train_precision_bf16_is_recorded_and_bad_values_refused(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bf16"
+    assert main(["train", *TINY, "--precision", "bf16", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["test_nll"])
+    expect_error(
+        ["train", *TINY, "--precision", "fp16", "--out", str(tmp_path / "x")], capsys, "--precision"
+    )

@@ -53,6 +53,7 @@ from pvae.infer.distributed import (
     rank_seed,
 )
 from pvae.infer.objectives import ELBO, Objective, PyroObjective, make_objective
+from pvae.infer.precision import check_precision, network_precision
 from pvae.infer.trace import plate_scale
 
 LAST = "checkpoint_last.pt"
@@ -86,6 +87,9 @@ class TrainConfig:
     # stopping: "valid_bound", or a key that fit's valid_metrics (or a callback) adds
     # ("valid_accuracy").
     monitor: str = "valid_bound"
+    # "bf16": the networks' matrix products in bfloat16, the distributions in float32
+    # (pvae.infer.precision); "fp32": float32 throughout.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # Checked here, not deep in the loop: a NaN or a fraction would otherwise reach
@@ -133,6 +137,7 @@ class TrainConfig:
                 f"got {self.kl_anneal_schedule!r}"
             )
         _check_integer("kl_anneal_cycles", self.kl_anneal_cycles)
+        check_precision(self.precision)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"monitor must be an epoch record's key, got {self.monitor!r}")
         self.betas = tuple(self.betas)
@@ -546,6 +551,7 @@ class _Training:
         self.train_data, self.valid_data = train_data, valid_data
         self.objective, self.config, self.callbacks = objective, config, callbacks
         self.modules, self.batch_args, self.device = modules, batch_args, device
+        self.device_type = torch.device(device).type
         self.checkpoint_dir, self.progress, self.result = checkpoint_dir, progress, result
         self.num_data = _num_data(train_data)
         self.model_class, self.model_config = _model_identity(model, guide)
@@ -799,9 +805,10 @@ class _Training:
     def _objective(self, epoch: int, step: int, batch: Any) -> Any:
         """The objective on one (device-side) batch, its validation errors as one line."""
         try:
-            return self.objective(
-                self.model, self.guide, *self.batch_args(batch), num_data=self.num_data
-            )
+            with network_precision(self.modules, self.config.precision, self.device_type):
+                return self.objective(
+                    self.model, self.guide, *self.batch_args(batch), num_data=self.num_data
+                )
         except ValueError as error:
             # Distribution validation: parameters that overflowed to inf/nan are a
             # divergence; a value outside its support is a data or model error.

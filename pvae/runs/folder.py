@@ -66,6 +66,7 @@ ADJUSTABLE = (
     "train.early_stopping_patience",
     "train.checkpoint_every",
     "train.device",
+    "train.precision",
     "eval_samples",
     "eval_size",
 )

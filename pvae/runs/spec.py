@@ -89,6 +89,7 @@ class TrainSpec:
             "seed",
             "device",
             "checkpoint_every",
+            "precision",
         )
         values = dataclasses.asdict(self.train)
         return {key: values[key] for key in keys}
