@@ -271,8 +271,12 @@ def _default_batch_args(batch: Any) -> tuple:
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
-    """``batch`` (a tensor, or a tuple or list of them) on ``device``."""
+    """``batch`` (a tensor, or a tuple or list of them) on ``device``. A host tensor bound
+    for a GPU is copied from pinned memory without blocking the host (the copy overlaps the
+    work already queued); the step's first use of it waits for it on the GPU's stream."""
     if isinstance(batch, torch.Tensor):
+        if batch.device.type == "cpu" and torch.device(device).type == "cuda":
+            batch = batch if batch.is_pinned() else batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(b, device) for b in batch)
