@@ -91,6 +91,7 @@ def run(name: str, layers: list[int], args, train, test, records: list, report) 
             epochs=args.epochs,
             batch_size=200,
             lr=1e-3,
+            lr_schedule=args.lr_schedule,
             seed=args.seed,
             progress=False,
             on_epoch_end=on_epoch_end,
@@ -107,7 +108,7 @@ def write(records: list, args, command: str) -> str:
         "",
         f"Setup: grey-level MNIST, {len_train(args)} training images (pvae's train split), "
         f"{args.test_size or 10000:,} test images; LeNet-5 (conv 20, conv 50, dense 500, batch normalisation), batch "
-        f"200, Adam 1e-3 constant, {args.epochs} epoch(s), seed {args.seed}, one CPU thread. "
+        f"200, Adam 1e-3 {args.lr_schedule or 'constant'}, {args.epochs} epoch(s), seed {args.seed}, one CPU thread. "
         f"Variance layers: {names} (zero-mean weights, local reparameterisation); the baseline "
         "is the same network with ordinary layers. Accuracy with 1 sample, with 10 samples "
         "(test-time averaging), and with the noise off (every variance layer outputs its bias "
@@ -141,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="default: all 10,000")
     parser.add_argument("--every-epoch", action="store_true", help="evaluate after every epoch")
     parser.add_argument("--skip-baseline", action="store_true", help="the variance net only")
+    parser.add_argument(
+        "--lr-schedule",
+        default=None,
+        choices=["cosine", "exponential"],
+        help="default constant; cosine decays to 0 over the run (the authors decay linearly)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
