@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         type=_model_option,
         help="an option of the objective, VALUE read as JSON (else a string); repeatable; "
-        "infovae: alpha (default 0), mmd_lambda (1000), kernel (rbf or imq), bandwidth "
+        "infovae: alpha (0 if unset), mmd_lambda (1000), kernel (rbf or imq), bandwidth "
         "(a number, median, or null for 2 * latent size), e.g. --objective-option alpha=1",
     )
     train.add_argument(

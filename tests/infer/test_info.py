@@ -239,3 +239,26 @@ def test_hierarchical_priors_are_drawn_ancestrally():
     simple, simple_data = _smoke("vae")
     objective(simple.model, simple.guide, *simple.batch_args(next(iter(simple_data.batches(8)))))
     assert not calls
+
+
+def test_the_cli_trains_with_infovae_and_refuses_bad_weights(tmp_path, capsys):
+    import json
+
+    from pvae.cli import main
+
+    tiny = ["--model", "vae", "--dataset", "mnist", "--train-size", "100", "--epochs", "1"]
+    tiny += ["--eval-size", "10", "--eval-samples", "2", "--latent-dim", "2", "--hidden", "8"]
+    tiny += ["--no-progress", "--objective", "infovae"]
+    bad = ["--objective-option", "alpha=0.5", "--objective-option", "mmd_lambda=0.03"]
+    try:
+        code = main(["train", *tiny, *bad, "--out", str(tmp_path / "bad")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and "negative" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    options = ["--objective-option", "alpha=1", "--objective-option", "kernel=imq"]
+    assert main(["train", *tiny, *options, "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["objective"] == "infovae"
+    assert config["objective_options"] == {"alpha": 1, "kernel": "imq"}
+    assert "alpha=1, kernel=imq" in (tmp_path / "run" / "report.md").read_text()
