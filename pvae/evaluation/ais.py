@@ -660,36 +660,43 @@ class _ForkedSeed:
         self._fork.__exit__(*exc)
 
 
-def _validate(
-    num_steps: int,
-    num_chains: int,
-    leapfrog_steps: int,
-    step_size: float,
-    target_accept: float,
-    jitter: float = 0.0,
-    tune_steps: int | None = None,
-    schedule: str = "sigmoid",
-) -> None:
-    if schedule not in RUN_SCHEDULES:
-        raise ValueError(f"schedule must be one of {RUN_SCHEDULES}, got {schedule!r}")
-    if int(num_chains) < 1:
-        raise ValueError(f"num_chains must be >= 1, got {num_chains}")
-    if int(leapfrog_steps) < 1:
-        raise ValueError(f"leapfrog_steps must be >= 1, got {leapfrog_steps}")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size}")
-    if not 0.0 < target_accept < 1.0:
-        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
-    if not 0.0 <= jitter < 1.0:
-        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
-    if tune_steps is not None and int(tune_steps) < 1:
-        raise ValueError(f"tune_steps must be >= 1, got {tune_steps}")
-    annealing_schedule(num_steps)  # validates num_steps
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one AIS or BDMC call, checked once here (``ValueError`` on bad input)."""
+
+    num_steps: int
+    num_chains: int
+    schedule: str
+    leapfrog_steps: int
+    step_size: float
+    target_accept: float
+    adapt_step_size: bool
+    jitter: float
+    tune_steps: int | None
+    trace: bool | None
+    progress: bool
+
+    def __post_init__(self) -> None:
+        if self.schedule not in RUN_SCHEDULES:
+            raise ValueError(f"schedule must be one of {RUN_SCHEDULES}, got {self.schedule!r}")
+        if int(self.num_chains) < 1:
+            raise ValueError(f"num_chains must be >= 1, got {self.num_chains}")
+        if int(self.leapfrog_steps) < 1:
+            raise ValueError(f"leapfrog_steps must be >= 1, got {self.leapfrog_steps}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size}")
+        if not 0.0 < self.target_accept < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.tune_steps is not None and int(self.tune_steps) < 1:
+            raise ValueError(f"tune_steps must be >= 1, got {self.tune_steps}")
+        annealing_schedule(self.num_steps)  # validates num_steps
 
 
 class _Sampler:
     """What the runs of one (model, guide, x, K) share: the annealed target, its density
-    function (traced or not) and the pilot's step sizes."""
+    function (traced or not) and the pilot run (step sizes and schedule)."""
 
     def __init__(
         self,
@@ -697,48 +704,40 @@ class _Sampler:
         guide: Callable | None,
         x: torch.Tensor,
         args: tuple,
-        *,
-        num_steps: int,
-        num_chains: int,
-        schedule: str,
-        leapfrog_steps: int,
-        step_size: float,
-        target_accept: float,
-        adapt_step_size: bool,
-        jitter: float,
-        tune_steps: int | None,
-        trace: bool | None,
-        progress: bool,
+        settings: _Settings,
     ) -> None:
-        self.target = _AnnealedTarget(model, guide, x, args, int(num_chains))
+        num_steps = settings.num_steps
+        self.target = _AnnealedTarget(model, guide, x, args, int(settings.num_chains))
         self.from_guide = guide is not None
         self.start = self.target.initial(self.from_guide)
         self.target.layout(self.start)
-        self.leapfrog_steps = int(leapfrog_steps)
-        self.jitter = float(jitter)
-        self.step_size = float(step_size)
-        self.schedule = schedule
-        self.progress = progress
+        self.leapfrog_steps = int(settings.leapfrog_steps)
+        self.jitter = float(settings.jitter)
+        self.step_size = float(settings.step_size)
+        self.schedule = settings.schedule
+        self.progress = settings.progress
+        trace = settings.trace
         if trace is None:
             trace = int(num_steps) * self.leapfrog_steps >= TRACE_MIN_GRADIENTS
         traced = self.target.traced_density(self.target.flatten(self.start)) if trace else None
         self.traced = traced is not None
         self.density = traced if traced is not None else self.target.density
-        self.adapt_step_size = bool(adapt_step_size)
+        self.adapt_step_size = bool(settings.adapt_step_size)
         self.tuning = None
-        if adapt_step_size or schedule == ADAPTIVE:
+        if self.adapt_step_size or self.schedule == ADAPTIVE:
+            tune_steps = settings.tune_steps
             steps = default_tune_steps(num_steps) if tune_steps is None else int(tune_steps)
             self.tuning = _tune(
                 self.target,
                 self.density,
                 from_guide=self.from_guide,
                 tune_steps=steps,
-                schedule="sigmoid" if schedule == ADAPTIVE else schedule,
+                schedule="sigmoid" if self.schedule == ADAPTIVE else self.schedule,
                 leapfrog_steps=self.leapfrog_steps,
                 step_size=self.step_size,
-                target_accept=target_accept,
+                target_accept=settings.target_accept,
                 jitter=self.jitter,
-                progress=progress,
+                progress=self.progress,
                 adapt=self.adapt_step_size,
             )
 
@@ -841,36 +840,23 @@ def ais_log_likelihood(
         the main run's schedule (when a pilot ran).
     """
     _check_data(x, args)
-    _validate(
-        num_steps,
-        num_chains,
-        leapfrog_steps,
-        step_size,
-        target_accept,
-        jitter,
-        tune_steps,
-        schedule,
+    settings = _Settings(
+        num_steps=num_steps,
+        num_chains=num_chains,
+        schedule=schedule,
+        leapfrog_steps=leapfrog_steps,
+        step_size=step_size,
+        target_accept=target_accept,
+        adapt_step_size=adapt_step_size,
+        jitter=jitter,
+        tune_steps=tune_steps,
+        trace=trace,
+        progress=progress,
     )
     if reverse and initial_latents is None:
         raise ValueError("reverse AIS needs initial_latents: exact posterior samples")
     with _seeded(seed):
-        sampler = _Sampler(
-            model,
-            guide,
-            x,
-            args,
-            num_steps=num_steps,
-            num_chains=num_chains,
-            schedule=schedule,
-            leapfrog_steps=leapfrog_steps,
-            step_size=step_size,
-            target_accept=target_accept,
-            adapt_step_size=adapt_step_size,
-            jitter=jitter,
-            tune_steps=tune_steps,
-            trace=trace,
-            progress=progress,
-        )
+        sampler = _Sampler(model, guide, x, args, settings)
         return sampler.run(sampler.betas(num_steps), initial_latents if reverse else None)
 
 
@@ -982,35 +968,22 @@ def bdmc(
     The forward and reverse runs share one pilot run (:func:`ais_log_likelihood`), made with
     chains of their own, and one traced density.
     """
-    _validate(
-        num_steps,
-        num_chains,
-        leapfrog_steps,
-        step_size,
-        target_accept,
-        jitter,
-        tune_steps,
-        schedule,
+    settings = _Settings(
+        num_steps=num_steps,
+        num_chains=num_chains,
+        schedule=schedule,
+        leapfrog_steps=leapfrog_steps,
+        step_size=step_size,
+        target_accept=target_accept,
+        adapt_step_size=True,
+        jitter=jitter,
+        tune_steps=tune_steps,
+        trace=trace,
+        progress=progress,
     )
     with _seeded(seed), torch.no_grad():
         x, latents = simulate(model, example_x, num_data, *args)
-        sampler = _Sampler(
-            model,
-            guide,
-            x,
-            args,
-            num_steps=num_steps,
-            num_chains=num_chains,
-            schedule=schedule,
-            leapfrog_steps=leapfrog_steps,
-            step_size=step_size,
-            target_accept=target_accept,
-            adapt_step_size=True,
-            jitter=jitter,
-            tune_steps=tune_steps,
-            trace=trace,
-            progress=progress,
-        )
+        sampler = _Sampler(model, guide, x, args, settings)
         betas = sampler.betas(num_steps)
         forward = sampler.run(betas, None)
         reverse = sampler.run(betas, latents)
