@@ -29,6 +29,7 @@ ORDER = [
     "conv_draw",
     "variance_layers",
     "stein_vae",
+    "info_vae",
 ]
 
 
