@@ -42,7 +42,9 @@ MMD weight (e.g. ``alpha = 0.5, lambda = 0.03``, one library's defaults) would p
 What ``bound`` reports: the plain ELBO (KL weight 1, no MMD), an honest stochastic lower bound
 on ``log p(x)``, whatever the weights; only the loss is InfoVAE's. KL annealing multiplies the
 KL weight ``1 - alpha`` (``weights_latents``). A minibatch of a single datum has no
-across-batch MMD: its MMD term is 0.
+across-batch MMD: its MMD term is 0. Under ``torch.distributed`` each rank's MMD is over its
+own share of the batch (the gradients are averaged, the codes are not gathered): the same
+objective as a batch of the per-rank size.
 
 Not Pyro's ``Trace_MMD``: that objective computes the MMD between its *particles*, each
 particle the whole batch's codes of a site flattened into one vector, and as many joint prior

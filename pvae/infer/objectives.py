@@ -194,8 +194,8 @@ class ELBO(Objective):
             loss = loss + penalty
         return ObjectiveValue(loss=loss, bound=elbo.detach() / factor, data_plate=scaling.frame)
 
-    # Hooks for objectives that reweight or extend the ELBO (pvae.infer.info.InfoVAE): the
-    # bound stays the ELBO's, only the loss changes.
+    # Hooks for objectives that reweight or extend the ELBO
+    # (pvae.infer.info.InfoVAEObjective): the bound stays the ELBO's, only the loss changes.
     def _latent_weight(self) -> float:
         """The weight of the latent terms (the KL) in the loss: ``beta``."""
         return self.beta
