@@ -400,3 +400,83 @@ def test_batched_wood_sampler_moments(d, kappa):
     second = 1 - (d - 1) * a / kappa
     assert (w.mean() - a).abs() <= Z * w.std() / 200
     assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / 200
+
+
+@pytest.mark.parametrize("d", [2, 5, 64])
+def test_sample_and_distance_matches_reflection_and_its_gradient(d):
+    """``_SampleAndDistance`` (x and h = |x - loc|^2 / 2 from the forward's scalars, both
+    gradients in one backward) against ``_ReflectFromE1`` and the direct h, including
+    non-unit loc and loc_1 < 0; gradcheck in loc through x and h together."""
+    generator = torch.Generator().manual_seed(d)
+    loc = torch.randn(9, d, generator=generator, dtype=torch.float64)
+    loc[0] = -loc[0]
+    y = 0.05 + 1.9 * torch.rand(9, generator=generator, dtype=torch.float64)
+    gaussian = torch.randn(9, d - 1, generator=generator, dtype=torch.float64)
+    x, h = vmf_module._SampleAndDistance.apply(y, gaussian, loc, None, None)
+    torch.testing.assert_close(
+        x, vmf_module._ReflectFromE1.apply(y, gaussian, loc, None, None), rtol=0, atol=0
+    )
+    torch.testing.assert_close(h, 0.5 * ((x - loc) ** 2).sum(-1), rtol=1e-13, atol=1e-14)
+    a = torch.linspace(-1, 2, d, dtype=torch.float64)
+
+    def outputs(loc):
+        x, h = vmf_module._SampleAndDistance.apply(y, gaussian, loc, None, None)
+        return x @ a, h
+
+    assert torch.autograd.gradcheck(outputs, (loc.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("d", [5, 64, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("unit_loc", [True, False])
+def test_log_prob_of_own_sample_matches_general_path(d, dtype, unit_loc):
+    """``log_prob`` of the tensor that ``rsample`` just returned reads |x - loc|^2 / 2 from
+    rsample and folds its x and loc gradients into rsample's backward; on the same draws it
+    matches the general path (a clone of x is not the own sample): values, and gradients in
+    loc and kappa of a loss through both x and log_prob. Non-unit loc with validation off."""
+    loc0 = _unit(d, dtype=torch.float64).expand(32, d).clone()
+    if not unit_loc:
+        loc0 = loc0 * torch.linspace(0.5, 2.0, 32, dtype=torch.float64)[:, None]
+    loc0 = loc0.to(dtype)
+    kappa0 = torch.logspace(-2, 5, 32, dtype=torch.float64).to(dtype)
+    a = torch.linspace(-1, 1, d, dtype=dtype)
+
+    def run(own):
+        torch.manual_seed(11)
+        loc, kappa = loc0.clone().requires_grad_(), kappa0.clone().requires_grad_()
+        q = VonMisesFisher(loc, kappa, validate_args=unit_loc)
+        x = q.rsample((4,))
+        log_prob = q.log_prob(x if own else x.clone())
+        loss = (x * a).sum() + log_prob.sum()
+        return x, log_prob, *torch.autograd.grad(loss, [loc, kappa])
+
+    x, lp, grad_loc, grad_kappa = run(own=True)
+    x_ref, lp_ref, grad_loc_ref, grad_kappa_ref = run(own=False)
+    assert lp.dtype == grad_loc.dtype == grad_kappa.dtype == dtype
+    torch.testing.assert_close(x, x_ref, rtol=0, atol=0)
+    # The general path rounds x - loc in dtype before multiplying by kappa: errors of
+    # ~eps (1 + kappa) (1 + |value|) (measured up to 3.5 of those units over these cases).
+    eps = torch.finfo(dtype).eps
+    kappa = kappa0.double()
+    for ours, reference, row_kappa in (
+        (lp, lp_ref, kappa),
+        (grad_loc, grad_loc_ref, kappa[:, None]),
+        (grad_kappa, grad_kappa_ref, kappa),
+    ):
+        error = (ours - reference).double().abs()
+        bound = 20 * eps * (1 + row_kappa) * (1 + reference.double().abs())
+        assert (error <= bound).all(), (error / bound).max()
+
+
+def test_log_prob_of_modified_own_sample_takes_general_path():
+    """An in-place change of the sample (or of loc) after rsample is seen."""
+    q = VonMisesFisher(_unit(6).expand(3, 6).clone(), torch.tensor([1.0, 10.0, 100.0]))
+    x = q.sample((2,))
+    with torch.no_grad():
+        x[0, 0] = -x[0, 0]
+        x[0, 0] = -x[0, 0]  # same values, new version: general path, same result
+    torch.testing.assert_close(q.log_prob(x), q.log_prob(x.clone()), rtol=1e-12, atol=1e-12)
+    y = q.sample()
+    with torch.no_grad():
+        y.copy_(q.loc)  # now the mode
+    torch.testing.assert_close(q.log_prob(y), q.log_prob(q.loc), rtol=1e-12, atol=1e-12)
