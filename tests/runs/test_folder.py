@@ -28,6 +28,7 @@ CONFIG = {
     "model_config": {"latent_dim": 2, "hidden": [16]},
     "objective": "elbo",
     "num_particles": 1,
+    "objective_options": {},
     "train": {
         "epochs": 2,
         "batch_size": 64,
@@ -73,6 +74,7 @@ NEW_VALUES = {
     "model_config": {"latent_dim": 3, "hidden": [16]},
     "objective": "iwae",
     "num_particles": 2,
+    "objective_options": {"alpha": 1.0},
     "train_size": 200,
     "num_labels": 10,
     "labelled_schedule": "step",
