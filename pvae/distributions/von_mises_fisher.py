@@ -253,21 +253,38 @@ class _Reflection:
             setattr(self, name, value)
 
 
+def _numpy_float64(xp, *tensors: torch.Tensor) -> bool:
+    return xp is np and all(t.dtype == torch.float64 for t in tensors)
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products over the last axis of float64 numpy arrays: einsum's fused loop writes
+    no (n, d) product (torch's vecdot does), 0.65 of its time on (1024, 64) arrays."""
+    return np.einsum("...i,...i->...", a, b)
+
+
 def _reflect(y, gaussian: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, _Reflection]:
     """``x = Q [w; sqrt(1 - w^2) g / |g|]`` (see ``_ReflectFromE1``) and its scalars. Passes
     over the (n, d) arrays in torch, the per-sample scalars in ``_namespace``; ``y``: a
     tensor of any floating dtype, or a float64 numpy array."""
     # squared norms by vector_norm (a fused reduction; vecdot writes the product first)
-    sums = torch.stack(
-        [
-            torch.linalg.vecdot(gaussian, gaussian),
-            torch.linalg.vecdot(loc[..., 1:], gaussian),
-            torch.linalg.vecdot(loc, loc),
-            loc[..., 0],
-        ]
-    )
-    xp = _namespace(sums)
-    norm2, loc_g, loc_sq, loc_1 = _as(sums.double(), xp)
+    xp = _namespace(loc)
+    if _numpy_float64(xp, loc, gaussian):
+        loc_n, gaussian_n = _as(loc, np), _as(gaussian, np)
+        norm2 = _rowdot(gaussian_n, gaussian_n)
+        loc_g = _rowdot(loc_n[..., 1:], gaussian_n)
+        loc_sq = _rowdot(loc_n, loc_n)
+        loc_1 = loc_n[..., 0]
+    else:
+        sums = torch.stack(
+            [
+                torch.linalg.vecdot(gaussian, gaussian),
+                torch.linalg.vecdot(loc[..., 1:], gaussian),
+                torch.linalg.vecdot(loc, loc),
+                loc[..., 0],
+            ]
+        )
+        norm2, loc_g, loc_sq, loc_1 = _as(sums.double(), xp)
     norm = xp.sqrt(norm2)
     y = _as(y.double(), xp) if isinstance(y, torch.Tensor) else y
     sign = 1 - 2.0 * (loc_1 < 0)
@@ -316,7 +333,12 @@ def _reflect_backward(
     over the (n, d) arrays beyond one more term in dL/dloc.
     """
     xp = s.xp
-    if grad is not None:
+    if grad is not None and _numpy_float64(xp, grad, loc, gaussian):
+        grad_n = _as(grad, np)
+        g_loc = _rowdot(grad_n, _as(loc, np))
+        g_g = _rowdot(grad_n[..., 1:], _as(gaussian, np))
+        g_1 = grad_n[..., 0]
+    elif grad is not None:
         sums = torch.stack(
             [
                 torch.linalg.vecdot(grad, loc),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyro.distributions import constraints
 from pyro.infer import TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
@@ -480,3 +481,27 @@ def test_log_prob_of_modified_own_sample_takes_general_path():
     with torch.no_grad():
         y.copy_(q.loc)  # now the mode
     torch.testing.assert_close(q.log_prob(y), q.log_prob(q.loc), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", SPHERICAL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_parameter_checks_agree_with_the_constraints(cls, dtype):
+    """The numpy checks of SphericalLocConcentration raise exactly when the constraints'
+    own ``check`` fails, at the sphere's tolerance boundary and for non-finite values."""
+    d = 16
+    tolerance = 10 * torch.finfo(dtype).eps * d**0.5
+    base = _unit(d, dtype=torch.float64)
+    for scale in (1.0, 1 + 0.5 * tolerance, 1 + 2 * tolerance, 1 - 2 * tolerance, float("nan")):
+        for kappa in (1e-30, 1.0, 1e30, 0.0, -1.0, float("inf"), float("nan")):
+            loc = (scale * base).to(dtype).expand(3, d)
+            concentration = torch.tensor([1.0, kappa, 2.0], dtype=dtype)
+            expected = bool(
+                constraints.sphere.check(loc).all()
+                and cls.arg_constraints["concentration"].check(concentration).all()
+            )
+            try:
+                cls(loc, concentration, validate_args=True)
+                valid = True
+            except ValueError:
+                valid = False
+            assert valid == expected, (scale, kappa)
