@@ -51,6 +51,10 @@ model's unscaled log-density (a ``beta`` scale on a site is not applied).
    abstract and Burda et al.'s bound, and the Gaussian stand-in for ``q`` is this library's
    choice.
 
+.. warning:: On MNIST (``benchmarks/results/stein_vae.md``: 20-d z, 5 tuples of k = 2) the
+   importance-weighted variant diverged (test NLL 729 against 121 for the plain Stein VAE);
+   the cause is not established. Use it with care.
+
 Limits: KL annealing does not apply (``weights_latents`` is false).
 
 References:
