@@ -12,7 +12,14 @@
   (the single-stack masked PixelCNN misses the pixels up and to the right);
 - every layer is **gated**: ``y = tanh(W_f * h + V_f z) * sigmoid(W_g * h + V_g z)``, the
   latent entering each layer of both stacks as a per-channel bias ``V z`` (a linear map of
-  ``z``, the same at every pixel: [1] Eq. 4, the location-independent conditioning).
+  ``z``, the same at every pixel: [1] Eq. 4, the location-independent conditioning);
+- the code enters **scaled to unit root mean square**, ``z / sqrt(mean_d z_d^2 + 1e-6)``: its
+  direction conditions the pixels, its overall scale does not. Under a learned prior (ACN's
+  ``p(z | z')``) nothing anchors the codes' scale, and codes of root mean square ~4 put the
+  biases ``V z`` at ~5, where ``tanh`` and ``sigmoid`` saturate and the stacks stop learning
+  from the pixels (measured on 2,000 MNIST images, 4 epochs, 3 layers x 16 channels: ACN's
+  training bound stalled at -281 nats and its test NLL at 247, against -185 and 161 for the
+  VAE; with the scaling, ACN reached -184 and 161).
 
 The masks are implemented by padding and shifting, not by multiplying kernels with a mask:
 the vertical convolution has a ``(k // 2 + 1) x k`` kernel padded above only, the horizontal
@@ -38,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GatedLayer", "PixelCNN", "check_pixelcnn_options"]
+__all__ = ["GatedLayer", "PixelCNN", "check_pixelcnn_options", "unit_rms"]
 
 
 class GatedLayer(nn.Module):
@@ -104,6 +111,11 @@ class GatedLayer(nn.Module):
         return out if self.first else out + horizontal
 
 
+def unit_rms(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``z / sqrt(mean(z^2) + eps)`` over the last dim: the code's direction at unit scale."""
+    return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def _gate(h: torch.Tensor) -> torch.Tensor:
     value, gate = h.chunk(2, dim=1)
     return torch.tanh(value) * torch.sigmoid(gate)
@@ -159,7 +171,7 @@ class PixelCNN(nn.Module):
         ``(..., C, H, W)`` broadcast."""
         batch = torch.broadcast_shapes(z.shape[:-1], x.shape[:-3])
         image = x.shape[-3:]  # input_shape, or a window of its rows (sample)
-        z = z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1])
+        z = unit_rms(z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1]))
         h = x.expand(*batch, *image).reshape(-1, *image).to(z.dtype)
         v = h
         for layer in self.layers:
@@ -191,7 +203,7 @@ class PixelCNN(nn.Module):
         horizontal stack over row ``r`` alone: ``H`` vertical passes and ``H W`` one-row
         horizontal passes, the same logits as :meth:`forward` on the finished image."""
         batch = z.shape[:-1]
-        z = z.reshape(-1, z.shape[-1])
+        z = unit_rms(z.reshape(-1, z.shape[-1]))
         x = z.new_zeros(z.shape[0], *self.input_shape)
         height, width = self.input_shape[1:]
         biases = [layer.biases(z) for layer in self.layers]

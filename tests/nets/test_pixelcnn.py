@@ -96,6 +96,17 @@ def test_shapes_broadcast_over_importance_samples():
     assert net.sample(torch.randn(2, 3, 2)).shape == (2, 3, 1, 4, 4)
 
 
+def test_the_code_conditions_by_its_direction_not_its_scale():
+    """Codes far from the origin (ACN's learned prior does not anchor their scale) give the
+    gates the same biases as unit-scale codes of the same direction, so they cannot saturate;
+    codes of other directions still change the logits."""
+    net = _random_net(latent_dim=4)
+    x = torch.bernoulli(torch.full((2, 1, 5, 5), 0.5, dtype=torch.float64))
+    z = torch.randn(2, 4, dtype=torch.float64)
+    assert torch.allclose(net(z, x), net(50.0 * z, x), atol=1e-9)
+    assert not torch.allclose(net(z, x), net(z.flip(-1), x), atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["vae", "acn"])
 def test_models_take_the_pixelcnn_decoder(name):
     """``architecture="pixelcnn"``: a finite ELBO step for the VAE and ACN, logits that depend
