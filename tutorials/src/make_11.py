@@ -95,8 +95,9 @@ except ValueError as error:
         """\
 ## The ELBO and the MMD-VAE with a PixelCNN decoder
 
-The same network twice (an MLP encoder, a gated PixelCNN decoder, 16 latent dimensions), the
-same data and seed: once with the ELBO, once with InfoVAE at `alpha=1, lambda=1000`.""",
+The same network three times (an MLP encoder, a gated PixelCNN decoder, 16 latent
+dimensions), the same data and seed: with the ELBO, and with the MMD-VAE (`alpha=1`, no KL)
+at a weak and a strong MMD weight.""",
     ),
     (
         "code",
@@ -131,12 +132,10 @@ def trained(objective):
     return model.eval()
 
 
-models = {
-    "ELBO": trained("elbo"),
-    "InfoVAE alpha=1, lambda=1000": trained(
-        make_objective("infovae", options={"alpha": 1, "mmd_lambda": 1000})
-    ),
-}""",
+models = {"ELBO": trained("elbo")}
+for lam in (10, 1000):
+    options = {"alpha": 1, "mmd_lambda": lam}
+    models[f"alpha=1, lambda={lam}"] = trained(make_objective("infovae", options=options))""",
     ),
     (
         "md",
@@ -146,7 +145,11 @@ models = {
 `mutual_information` estimates `I(x; z)` under the aggregate posterior of the 200 test images
 (at most `log 200 = 5.3` nats); active units count the latent dimensions whose posterior mean
 varies with x; the KL is `KL(q(z | x) || N(0, I))` per image. A collapsed code has all three
-near zero.""",
+near zero. In `benchmarks/results/info_vae.md` (8000 images, 2 epochs) the ELBO kept 11 of 32
+units and 0.30 nats; `lambda=10` used the code fully (I(x; z) at its ceiling) but with a
+near-deterministic guide far from the prior (KL over 1000 nats, a useless likelihood bound);
+`lambda=1000` collapsed as much as the ELBO: the MMD is zero for a collapsed code, so it adds
+no reason to use z.""",
     ),
     (
         "code",
@@ -158,7 +161,7 @@ with torch.no_grad():
         active = active_units(model.encode_mean, x).count
         loc, scale = model.encode(x)
         kl = (0.5 * (loc**2 + scale**2 - 1) - scale.log()).sum(-1).mean()
-        print(f"{name:30s} I(x; z) {mi:5.2f} nats, active units {active:2d}/16, KL {kl:6.2f}")""",
+        print(f"{name:22s} I(x; z) {mi:5.2f} nats, active units {active:2d}/16, KL {kl:7.2f}")""",
     ),
     (
         "md",
