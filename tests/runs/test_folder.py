@@ -42,6 +42,7 @@ CONFIG = {
         "seed": 0,
         "device": "cpu",
         "checkpoint_every": None,
+        "precision": "fp32",
     },
     "monitor": "valid_bound",
     "eval_samples": 20,
@@ -91,6 +92,7 @@ NEW_VALUES = {
     "train.early_stopping_patience": 3,
     "train.checkpoint_every": 10,
     "train.device": "cuda",
+    "train.precision": "bf16",
     "eval_samples": 5000,
     "eval_size": 10000,
 }
