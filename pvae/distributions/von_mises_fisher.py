@@ -162,43 +162,64 @@ def _first_accepted(constants: tuple, d: int, proposals: int, device):
     """``proposals`` independent rounds of Wood's sampler at once per element: (the first
     accepted proposal, whether any was), i.e. the outcome of that many sequential rounds."""
     proposal, accept = _wood_propose(constants, d, proposals, device)
+    if proposals == 1:
+        return proposal[:, 0], accept[:, 0]
     first = (accept * 1).argmax(-1)  # first True (0 if none)
     rows = (np if isinstance(accept, np.ndarray) else torch).arange(accept.shape[0])
     return proposal[rows, first], accept.any(-1)
 
 
-# Wood's acceptance is >= ~0.7 (0.71 at d = 64 and 512, kappa = 1e4): 2 proposals per
-# element leave <= 9% pending, and 16 for those leave ~3e-9 of them pending.
-_PROPOSALS_FIRST_ROUND = 2
-_PROPOSALS_LATER_ROUNDS = 16
+# One proposal per element first: Wood's acceptance is often near 1 (0.99988 at d = 64,
+# kappa = 1) and >= ~0.7 otherwise (0.71 at d = 64 and 512, kappa = 1e4). The still-pending
+# elements then get as many proposals each as leave an expected _PENDING_TARGET of them
+# pending at the acceptance observed in the first round (2 to 16), so a batch needs one or
+# two rounds (a third with probability ~1e-3), i.e. one or two host synchronisations.
+_PROPOSALS_FIRST_ROUND = 1
+_PROPOSALS_LATER_ROUNDS = (2, 16)  # the fewest and the most per element and round
+_PENDING_TARGET = 1e-3
+
+
+def _later_round_proposals(pending: int, acceptance: float) -> int:
+    """Proposals per pending element for an expected ``_PENDING_TARGET`` left pending."""
+    low, high = _PROPOSALS_LATER_ROUNDS
+    if acceptance <= 0.0:
+        return high
+    if acceptance >= 1.0:
+        return low
+    needed = math.log(_PENDING_TARGET / pending) / math.log1p(-acceptance)
+    return int(min(max(math.ceil(needed), low), high))
 
 
 def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int) -> torch.Tensor:
     """Wood's (1994) rejection sampler for ``y = 1 - w``, vectorized over elements, float64.
 
     Written in terms of ``y`` so that huge concentrations (``y ~ d / kappa``) keep relative
-    precision. Each round draws several proposals per still-pending element at once
-    (``_PROPOSALS_FIRST_ROUND``, then ``_PROPOSALS_LATER_ROUNDS``) and keeps the first
-    accepted one (the same law as proposing one at a time), so a batch needs one or two
-    rounds, i.e. one or two host synchronisations. Raises after ``_MAX_REJECTION_ROUNDS``
-    rounds instead of returning unaccepted proposals.
+    precision. Each round draws one or more proposals per still-pending element at once
+    (``_PROPOSALS_FIRST_ROUND``, then ``_later_round_proposals``) and keeps the first
+    accepted one: an element's proposals are i.i.d. and independent of how many are drawn
+    per round (which depends only on earlier rounds' outcomes), so this is the law of
+    proposing one at a time. Raises after ``_MAX_REJECTION_ROUNDS`` rounds instead of
+    returning unaccepted proposals.
     """
     xp = _namespace(kappa)
-    constants = _wood_constants(_as(kappa.double().reshape(-1, 1), xp), d)
-    y, pending = None, None
+    constants = _wood_constants(_as(_float64(kappa).reshape(-1, 1), xp), d)
+    n = constants[0].shape[0]
+    y, pending, acceptance = None, None, 0.0
     for _ in range(_MAX_REJECTION_ROUNDS):
         if pending is None:
             y, accepted = _first_accepted(constants, d, _PROPOSALS_FIRST_ROUND, kappa.device)
             pending = _flatnonzero(~accepted, xp)
+            acceptance = 1 - pending.shape[0] / (n * _PROPOSALS_FIRST_ROUND)
         else:
+            proposals = _later_round_proposals(pending.shape[0], acceptance)
             chosen, accepted = _first_accepted(
-                tuple(c[pending] for c in constants), d, _PROPOSALS_LATER_ROUNDS, kappa.device
+                tuple(c[pending] for c in constants), d, proposals, kappa.device
             )
             y[pending[accepted]] = chosen[accepted]
             pending = pending[~accepted]
         if pending.shape[0] == 0:
             return _tensor(y).reshape(kappa.shape)
-    left = constants[0].shape[0] if pending is None else pending.shape[0]
+    left = n if pending is None else pending.shape[0]
     raise RuntimeError(
         f"VonMisesFisher.rsample: {left} elements still rejected after "
         f"{_MAX_REJECTION_ROUNDS} rounds of Wood's sampler; check the concentration values."
