@@ -11,6 +11,7 @@ ORDER = [
     "throughput",
     "throughput_text",
     "distributed",
+    "distributed_nll",
     "mnist_nll",
     "distributions",
     "zoo",
