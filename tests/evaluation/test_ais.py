@@ -232,12 +232,12 @@ def test_long_runs_are_tight(linear_gaussian, seed):
 
 @pytest.mark.statistical
 def test_mean_weight_is_unbiased_with_adaptation(linear_gaussian, seed):
-    # E[w] = p(x) exactly, step-size adaptation on: the pilot run's chains are not the
-    # weighted ones, so the replayed step sizes are independent of them. One chain per datum
-    # (where adapting on the weighted chains biased E[w] most: +0.015 +- 0.004 nats measured
-    # in issue 24) and N = 4,000 data: the ratios r = w / p(x) are independent with mean 1;
-    # their mean has standard error sd(r) / sqrt(N), ~0.007 at T = 300 (measured at seeds
-    # 0-2: mean - 1 = -0.005, +0.007, -0.001).
+    # E[w] = p(x) exactly, step-size and schedule adaptation on: the pilot run's chains are
+    # not the weighted ones, so the replayed step sizes and the schedule are independent of
+    # them. One chain per datum (where adapting on the weighted chains biased E[w] most:
+    # +0.015 +- 0.004 nats measured in issue 24) and N = 4,000 data: the ratios r = w / p(x)
+    # are independent with mean 1; their mean has standard error sd(r) / sqrt(N), ~0.006 at
+    # T = 300 (measured at seeds 0-2: mean - 1 = +0.003, -0.006, +0.003).
     n = 4000
     x = linear_gaussian.data(50).repeat(n // 50, 1)
     exact = linear_gaussian.log_marginal(x).double()
