@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +45,8 @@ __all__ = [
     "DistributedContext",
     "DistributedError",
     "GradientReducer",
+    "SHARD_CHUNKS",
+    "SeededShards",
     "derive_seed",
     "env_world",
     "from_env",
@@ -333,6 +335,64 @@ def rank_seed(seed: int, rank: int, world_size: int) -> int:
 
 
 # -- gradients ------------------------------------------------------------------------------------
+#: the seeded chunks a sharded computation cuts its data into (SeededShards)
+SHARD_CHUNKS = 8
+
+
+class SeededShards:
+    """Consecutive chunks of ``n`` data, each computed under its own seed, shared among the
+    ranks (rank ``r`` takes a contiguous block of chunks) and gathered in order on rank 0.
+
+    The data are cut into ``min(n, SHARD_CHUNKS)`` chunks whatever the number of ranks, and
+    chunk ``i`` of call ``key`` draws from torch's generator seeded by
+    ``derive_seed(seed, key, i)``: a sharded computation gives the same numbers at any number
+    of ranks up to :data:`SHARD_CHUNKS` (one process: ``distributed=None``). Every rank must
+    call :meth:`map` in the same order (it is a collective)."""
+
+    def __init__(self, n: int, distributed: DistributedContext | None, seed: int) -> None:
+        count = max(1, min(int(n), SHARD_CHUNKS))
+        self.bounds = [(i * n // count, (i + 1) * n // count) for i in range(count)]
+        self.distributed = distributed
+        world, rank = (1, 0) if distributed is None else (distributed.world_size, distributed.rank)
+        self.mine = range(rank * count // world, (rank + 1) * count // world)
+        self.seed = int(seed)
+
+    @property
+    def is_main(self) -> bool:
+        return self.distributed is None or self.distributed.is_main
+
+    def map(self, key: int, fn: Callable[[int, int], Any]) -> list[Any] | None:
+        """``[fn(lo, hi) for each chunk]`` in chunk order on rank 0 (``None`` on the others);
+        chunk ``i`` runs with torch's generator seeded by ``derive_seed(seed, key, i)`` (the
+        caller's state is restored). An error on any rank is raised on every rank."""
+        local: list[tuple[int, Any]] = []
+        error: BaseException | None = None
+        for index in self.mine:
+            lo, hi = self.bounds[index]
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(self.seed, key, index))
+                    local.append((index, fn(lo, hi)))
+            except Exception as caught:  # noqa: BLE001 - re-raised on every rank below
+                error = caught
+                break
+        if self.distributed is None:
+            if error is not None:
+                raise error
+            return [value for _, value in local]
+        gathered = self.distributed.gather_objects((local, error))
+        if self.distributed.is_main:
+            errors = [e for _, e in gathered if e is not None]
+            error = errors[0] if errors else None
+        error = self.distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        if not self.distributed.is_main:
+            return None
+        pairs = sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])
+        return [value for _, value in pairs]
+
+
 class GradientReducer:
     """Averages ``params``' gradients over the ranks, weighted by each rank's units.
 

@@ -17,14 +17,13 @@ the BDMC gap, active units, mutual information); :func:`summary_text` lays them 
 table ``pvae diagnose`` prints, and ``report.md`` holds the same rows.
 
 Across processes (``pvae diagnose --nproc N``, or under ``torchrun``; issue #16): with
-``distributed`` (or ``sharded=True`` in one process) the data are cut into
-:data:`SHARD_CHUNKS` consecutive chunks, each with its own random stream seeded from ``seed``
-and its index, and the ranks share the chunks: the guide draws (k-hat, ESS, the IWAE rungs),
-AIS on the test data and BDMC (over its simulated data) run on each rank's chunks and are
-gathered in order on rank 0, so the numbers are the same at any number of processes up to
-:data:`SHARD_CHUNKS` (another draw, within Monte Carlo error, than the unsharded single
-stream). The collapse metrics (one pass of the guide over the data) and the files are rank
-0's; every rank returns rank 0's metrics.
+``distributed`` (or ``sharded=True`` in one process) the data are cut into seeded chunks
+(:class:`~pvae.infer.distributed.SeededShards`) that the ranks share: the guide draws (k-hat,
+ESS, the IWAE rungs), AIS on the test data and BDMC (over its simulated data) run on each
+rank's chunks and are gathered in order on rank 0, so the numbers are the same at any number
+of processes up to :data:`~pvae.infer.distributed.SHARD_CHUNKS` (another draw, within Monte
+Carlo error, than the unsharded single stream). The collapse metrics (one pass of the guide
+over the data) and the files are rank 0's; every rank returns rank 0's metrics.
 
 References:
     [1] Wu, Burda, Salakhutdinov, Grosse. On the Quantitative Analysis of Decoder-Based
@@ -48,61 +47,10 @@ from typing import Any
 
 import torch
 
+from pvae.infer.distributed import SeededShards
 from pvae.runs.folder import write_json
 
 AIS_STARTS = ("guide", "prior")  # where AIS on the test data starts; BDMC: the prior
-#: the seeded chunks the data are cut into when the diagnostics are sharded
-SHARD_CHUNKS = 8
-
-
-class _Shards:
-    """Consecutive chunks of ``n`` rows, each computed under its own seed, shared among ranks
-    (rank ``r`` takes a contiguous block of chunks) and gathered in order on rank 0."""
-
-    def __init__(self, n: int, distributed: Any, seed: int) -> None:
-        count = max(1, min(int(n), SHARD_CHUNKS))
-        self.bounds = [(i * n // count, (i + 1) * n // count) for i in range(count)]
-        self.distributed = distributed
-        world, rank = (1, 0) if distributed is None else (distributed.world_size, distributed.rank)
-        self.mine = range(rank * count // world, (rank + 1) * count // world)
-        self.seed = int(seed)
-
-    @property
-    def is_main(self) -> bool:
-        return self.distributed is None or self.distributed.is_main
-
-    def map(self, key: int, fn: Callable[[int, int], Any]) -> list[Any] | None:
-        """``[fn(lo, hi) for each chunk]`` in chunk order on rank 0 (``None`` on the others);
-        chunk ``i`` runs with torch's generator seeded by ``derive_seed(seed, key, i)`` (the
-        caller's state is restored). An error on any rank is raised on every rank."""
-        from pvae.infer.distributed import derive_seed
-
-        local: list[tuple[int, Any]] = []
-        error: BaseException | None = None
-        for index in self.mine:
-            lo, hi = self.bounds[index]
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(derive_seed(self.seed, key, index))
-                    local.append((index, fn(lo, hi)))
-            except Exception as caught:  # noqa: BLE001 - re-raised on every rank below
-                error = caught
-                break
-        if self.distributed is None:
-            if error is not None:
-                raise error
-            return [value for _, value in local]
-        gathered = self.distributed.gather_objects((local, error))
-        if self.distributed.is_main:
-            errors = [e for _, e in gathered if e is not None]
-            error = errors[0] if errors else None
-        error = self.distributed.broadcast_object(error)
-        if error is not None:
-            raise error
-        if not self.distributed.is_main:
-            return None
-        pairs = sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])
-        return [value for _, value in pairs]
 
 
 def _rows(args: tuple, lo: int, hi: int) -> tuple:
@@ -211,7 +159,7 @@ def diagnose_model(
         if seed is None:
             seed = int(torch.randint(2**62, (1,)))
             seed = seed if distributed is None else distributed.broadcast_object(seed)
-        shards = _Shards(n, distributed, seed)
+        shards = SeededShards(n, distributed, seed)
         progress = progress and shards.is_main
     is_main = shards is None or shards.is_main
     out = Path(out_dir)
@@ -380,7 +328,7 @@ class _Sandwich:
 def _sharded_work(
     model: Any,
     args: tuple,
-    shards: _Shards,
+    shards: SeededShards,
     *,
     num_samples: int,
     ais_steps: int,
@@ -429,7 +377,7 @@ def _sharded_work(
             shared["ais"] = torch.cat(values)
     if ais_steps and bdmc_data:
         extra = args[1:]
-        simulation = _Shards(bdmc_data, distributed, shards.seed)
+        simulation = SeededShards(bdmc_data, distributed, shards.seed)
 
         def sandwich(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
             result = bdmc(
