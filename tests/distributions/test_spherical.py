@@ -536,3 +536,18 @@ def test_rsample_backward_with_an_expanded_gradient(d):
 
     for ours, reference in zip(run(True), run(False), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.statistical
+def test_wood_sampler_moments_over_many_rounds(monkeypatch):
+    """Rounds after the second (16 proposals per pending element) keep the law: with a
+    pending target of 1e3 the second round draws only 2 proposals each, so most pending
+    elements reach later rounds."""
+    monkeypatch.setattr(vmf_module, "_PENDING_TARGET", 1e3)
+    d, kappa = 64, 1e4
+    kappas = torch.full((40_000,), kappa, dtype=torch.float64)
+    w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
+    a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
+    second = 1 - (d - 1) * a / kappa
+    assert (w.mean() - a).abs() <= Z * w.std() / 200
+    assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / 200
