@@ -194,9 +194,10 @@ for name, model in [("vae", vae), ("acn", acn)]:
         "md",
         """\
 ACN's codes cost far fewer nats than the VAE's (the prior given a neighbour is sharp where
-`N(0, I)` cannot be), while its units stay active and its codes still cluster by digit. In our
-full-size run (10,000 images, 3 epochs) the VAE paid about 21 nats per code and ACN about 7,
-with all 32 units active in both (`benchmarks/results/acn.md`).
+`N(0, I)` cannot be), while its units stay active and its codes still cluster by digit. In
+`benchmarks/results/acn.md` (5,000 images, 10 epochs, three seeds) the VAE paid about 24 nats
+per code and ACN about 10, with all 32 units active in both and almost the same KNN accuracy
+(0.93 and 0.92).
 
 ## The compression view: sending the test set in a nearest-neighbour order
 
