@@ -314,7 +314,15 @@ def merge_runs(runs: list[dict], out: Path) -> None:
         if differing:
             raise ValueError(f"runs to merge differ in {', '.join(differing)}")
     rows = [row for run in runs for row in run["rows"]]
-    rows.sort(key=lambda r: (r["decoder"] != "mlp", r["decoder"], r["model"] != "vae", r["seed"]))
+    rows.sort(
+        key=lambda r: (
+            r["decoder"] != "mlp",
+            r["decoder"],
+            r["model"] != "vae",
+            r["epochs"],
+            r["seed"],
+        )
+    )
     write_results(
         argparse.Namespace(**first),
         [run["command"] for run in runs],
