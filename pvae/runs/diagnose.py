@@ -41,7 +41,7 @@ import math
 import os
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ AIS_STARTS = ("guide", "prior")  # where AIS on the test data starts; BDMC: the 
 
 
 def _rows(args: tuple, lo: int, hi: int) -> tuple:
+    """Rows ``lo:hi`` of every tensor in ``args`` (other arguments as they are)."""
     return tuple(a[lo:hi] if isinstance(a, torch.Tensor) else a for a in args)
 
 
@@ -78,10 +79,6 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     return obj
-
-
-def _slice(args: tuple, n: int) -> tuple:
-    return tuple(a[:n] if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def diagnose_model(
@@ -148,7 +145,7 @@ def diagnose_model(
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 2:
         raise ValueError("the test data must hold at least two data points")
     n = x.shape[0] if num_data is None else min(int(num_data), x.shape[0])
-    args = _slice(args, n)
+    args = _rows(args, 0, n)
     x, extra = args[0], args[1:]
     labels = _tensor(labels)
     labels = labels[:n] if labels is not None else None
@@ -259,33 +256,36 @@ def diagnose_model(
             skip("bdmc", metrics["skipped"].get("ais", "AIS is off"))
         else:
             if shards is None:
-                result = _bdmc_or_skip(
-                    skip,
-                    bdmc,
-                    model.model,
-                    simulated,
-                    steps,
-                    int(ais_chains),
-                    *_slice(extra, simulated),
-                    example_x=x[:1],
-                    leapfrog_steps=int(ais_leapfrog_steps),
-                    seed=seed,
-                    progress=progress,
-                )
+                try:
+                    result = bdmc(
+                        model.model,
+                        simulated,
+                        steps,
+                        int(ais_chains),
+                        *_rows(extra, 0, simulated),
+                        example_x=x[:1],
+                        leapfrog_steps=int(ais_leapfrog_steps),
+                        seed=seed,
+                        progress=progress,
+                    )
+                    bounds = (result.lower, result.upper)
+                except NotImplementedError as error:
+                    bounds = error
             else:
-                result = shared["bdmc"]
-                if isinstance(result, str):
-                    skip("bdmc", result)
-                    result = None
-            if result is not None:
+                bounds = shared["bdmc"]
+            if isinstance(bounds, NotImplementedError):
+                # an autoregressive likelihood scores sentences but cannot draw them in one site
+                skip("bdmc", f"the model cannot simulate data from its observed site: {bounds}")
+            else:
+                lower, upper = bounds
                 metrics["bdmc"] = {
                     "num_data": simulated,
                     "steps": steps,
                     "chains": int(ais_chains),
-                    "lower_mean": result.lower_mean,
-                    "upper_mean": result.upper_mean,
-                    "gap_mean": result.gap_mean,
-                    "gap_stderr": mean_and_stderr(result.gap)["stderr"],
+                    "lower_mean": float(lower.mean()),
+                    "upper_mean": float(upper.mean()),
+                    "gap_mean": float((upper - lower).mean()),
+                    "gap_stderr": mean_and_stderr(upper - lower)["stderr"],
                 }
 
     # Posterior collapse: metrics of one latent with the data plate as its only batch dim
@@ -313,18 +313,6 @@ def diagnose_model(
     return metrics, figures
 
 
-class _Sandwich:
-    """BDMC's bounds gathered from the shards (what ``diagnose_model`` reads of a
-    :class:`~pvae.evaluation.ais.BDMCResult`)."""
-
-    def __init__(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
-        self.lower, self.upper = lower, upper
-        self.gap = upper - lower
-        self.lower_mean = float(lower.mean())
-        self.upper_mean = float(upper.mean())
-        self.gap_mean = float(self.gap.mean())
-
-
 def _sharded_work(
     model: Any,
     args: tuple,
@@ -341,7 +329,8 @@ def _sharded_work(
     progress: bool,
 ) -> dict[str, Any]:
     """Guide draws, AIS and BDMC on this rank's chunks, gathered on rank 0: ``{"idata",
-    "ais" (N,), "bdmc" (a sandwich, or why it was skipped)}`` there, ``{}`` elsewhere."""
+    "ais" (N,), "bdmc" ((lower, upper) bounds, or the error that stopped the simulation)}``
+    there, ``{}`` elsewhere."""
     from pvae.diagnostics import _guide_draws, _GuideDraws, _inference_data
     from pvae.evaluation.ais import ais_log_likelihood, bdmc
 
@@ -395,24 +384,14 @@ def _sharded_work(
         try:
             bounds = simulation.map(2, sandwich)
         except NotImplementedError as error:
-            shared["bdmc"] = f"the model cannot simulate data from its observed site: {error}"
+            shared["bdmc"] = error
         else:
             if shards.is_main:
-                shared["bdmc"] = _Sandwich(
+                shared["bdmc"] = (
                     torch.cat([lower for lower, _ in bounds]),
                     torch.cat([upper for _, upper in bounds]),
                 )
     return shared
-
-
-def _bdmc_or_skip(skip: Callable, bdmc: Callable, *args: Any, **kwargs: Any) -> Any:
-    """BDMC's result, or ``None`` after recording why the model cannot simulate its data
-    (an autoregressive likelihood scores sentences but cannot draw them in one site)."""
-    try:
-        return bdmc(*args, **kwargs)
-    except NotImplementedError as error:
-        skip("bdmc", f"the model cannot simulate data from its observed site: {error}")
-        return None
 
 
 def _collapse_obstacle(model: Any, args: tuple) -> str | None:
@@ -423,7 +402,7 @@ def _collapse_obstacle(model: Any, args: tuple) -> str | None:
     from pvae.infer.trace import latent_sites
 
     with torch.no_grad():
-        trace = poutine.trace(model.guide).get_trace(*_slice(args, 2))
+        trace = poutine.trace(model.guide).get_trace(*_rows(args, 0, 2))
     sites = latent_sites(trace)
     if not sites:
         return "the guide has no latent site"
@@ -509,7 +488,7 @@ def _ais_obstacle(model: Any, args: tuple) -> str | None:
     from pvae.infer.trace import latent_sites
 
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # a check draws no randomness
-        trace = poutine.trace(model.model).get_trace(*_slice(args, 2))
+        trace = poutine.trace(model.model).get_trace(*_rows(args, 0, 2))
     if not latent_sites(trace):
         return "the model has no latent variable (its importance-sampled log p(x) is exact)"
     for site in latent_sites(trace):
