@@ -165,12 +165,13 @@ def paired_difference(first: Path, second: Path, size: int = 1000, samples: int 
     from pvae.runs import load_run
     from pvae.runs.train import load_split
 
-    values = []
+    values, x = [], None
     for run in (first, second):
         model, config = load_run(run, "best")
         model.eval()
-        data = load_split(config["dataset"], "test", size=size, progress=False)
-        x = torch.cat([batch[0] for batch in data.batches(500, shuffle=False)])
+        if x is None:  # both runs are of the same dataset: its test images once
+            data = load_split(config["dataset"], "test", size=size, progress=False)
+            x = torch.cat([batch[0] for batch in data.batches(500, shuffle=False)])
         with torch.no_grad():
             values.append(-log_likelihood(model.model, model.guide, x, num_samples=samples, seed=0))
     difference = (values[1] - values[0]).double()
