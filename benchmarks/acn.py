@@ -55,6 +55,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -65,14 +66,56 @@ from pvae.data import load_dataset
 from pvae.evaluation import active_units
 from pvae.infer.train import TrainConfig
 from pvae.models.acn import chain_coding_cost, nearest_neighbours
+from pvae.models.base import option
+from pvae.models.registry import register_model
+from pvae.models.vae import VAE, VAEConfig
 from pvae.runs import TrainSpec, load_run, train_run
 from pvae.runs.evaluate import evaluate_model
 
 RESULTS = Path(__file__).parent / "results" / "acn.md"
 SPEED_RESULTS = Path(__file__).parent / "results" / "acn_speed.md"
 PAPER_ACN_NATS = 73.9
+FIXED_SCALE_VAE = "benchmark_acn_fixed_scale_vae"
 # Options that may differ between merged runs (the rows record them); all others must agree.
-PER_RUN = ("decoders", "epochs", "pixelcnn_epochs", "seed", "threads", "out", "rows", "merge")
+PER_RUN = (
+    "decoders",
+    "epochs",
+    "pixelcnn_epochs",
+    "seed",
+    "threads",
+    "out",
+    "rows",
+    "merge",
+    "posterior_scale",
+)
+
+
+@dataclass(frozen=True)
+class FixedScaleVAEConfig(VAEConfig):
+    """:class:`~pvae.models.vae.VAEConfig` and ACN's ``posterior_scale``."""
+
+    posterior_scale: float = option(
+        1.0, "fixed scale of every unit of q(z | x) (> 0)", convert=float
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.posterior_scale > 0 and math.isfinite(self.posterior_scale)):
+            raise ValueError(f"posterior_scale must be positive, got {self.posterior_scale}")
+
+
+@register_model(FIXED_SCALE_VAE)
+class FixedScaleVAE(VAE):
+    """The VAE with ``q(z | x) = Normal(mu(x), s^2 I)``, ``s`` = ``posterior_scale``: the
+    baseline of ACN with ``posterior_scale = s`` (same encoder mean, same decoder). Registered
+    by this benchmark only (the runner builds models by name): ``vae`` has no such option."""
+
+    Config = FixedScaleVAEConfig
+    config: FixedScaleVAEConfig
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.encoder.head.loc(self.encoder.trunk(self._flat(x)))
+        return loc, torch.full_like(loc, self.config.posterior_scale)
 
 
 @torch.no_grad()
@@ -178,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=20)
     parser.add_argument("--elbo-samples", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--posterior-scale",
+        type=float,
+        default=0.0,
+        help="fixed scale of q(z | x) in both models (1: the paper's unit variance); 0: learned",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--rows", default=None, help="also save this run's rows (JSON)")
@@ -212,11 +261,13 @@ def main(argv: list[str] | None = None) -> None:
                 architecture.update(
                     pixelcnn_layers=args.pixelcnn_layers, pixelcnn_channels=args.pixelcnn_channels
                 )
+            fixed = {"posterior_scale": args.posterior_scale} if args.posterior_scale else {}
             models = {
-                "vae": {**shared, **architecture},
+                "vae": {**shared, **architecture, **fixed},
                 "acn": {
                     **shared,
                     **architecture,
+                    **fixed,
                     "prior_hidden": [args.hidden],
                     "neighbours": args.neighbours,
                     "components": args.components,
@@ -229,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                 epochs = args.pixelcnn_epochs
             for name, options in models.items():
                 spec = TrainSpec(
-                    model=name,
+                    model=FIXED_SCALE_VAE if name == "vae" and fixed else name,
                     dataset=args.dataset,
                     model_options=options,
                     train=TrainConfig(
@@ -274,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                     model=name,
                     seed=args.seed,
                     epochs=epochs,
+                    posterior_scale=args.posterior_scale,
                     best_epoch=metrics["best_epoch"],
                     train_bounds=[record["train_bound"] for record in metrics["history"]],
                     valid_bounds=[record.get("valid_bound") for record in metrics["history"]],
@@ -318,6 +370,7 @@ def merge_runs(runs: list[dict], out: Path) -> None:
         key=lambda r: (
             r["decoder"] != "mlp",
             r["decoder"],
+            r.get("posterior_scale", 0.0),
             r["model"] != "vae",
             r["epochs"],
             r["seed"],
@@ -338,6 +391,9 @@ def write_results(
     def number(value, digits=2):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    def scale_name(value):
+        return f"{value:g}" if value else "learned"
+
     lines = [
         "# ACN beside a VAE with the same networks: how informative the codes are",
         "",
@@ -352,7 +408,10 @@ def write_results(
         f"784-{args.hidden}-{args.latent_dim} MLP encoder; decoder `mlp` (mirrored MLP) or "
         f"`pixelcnn` (gated PixelCNN, {args.pixelcnn_layers} layers x "
         f"{args.pixelcnn_channels} channels, 7x7 first kernel then 3x3, conditioned on z by a "
-        "per-layer bias); Bernoulli likelihood. ACN's prior network "
+        "per-layer bias); Bernoulli likelihood; the guide `Normal(mu(x), diag sigma(x)^2)` with "
+        "learned scales, or with every scale fixed at the `q scale` column's value "
+        "(`posterior_scale`; the paper's unit-variance codes: 1; the VAE then "
+        f"`{FIXED_SCALE_VAE}`, this benchmark's VAE with that option). ACN's prior network "
         f"{args.latent_dim}-{args.hidden}-mixture of {args.components} Gaussians, K = "
         f"{args.neighbours}. Test set: {args.eval_size} test images drawn at random (seed "
         f"{args.eval_seed}), the same for every row. Test NLL: importance sampling with "
@@ -375,14 +434,15 @@ def write_results(
         f"trained with). Both with {args.elbo_samples} draws of z per image. Seconds: "
         "training (and the run's evaluation and report, in total).",
         "",
-        "| decoder | model | seed | epochs | test NLL (nats) | + log N | +- s.e. | KL (nats) | "
-        "active units | KNN accuracy | code use (nats) | chain code | independent code | "
-        "train s | total s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decoder | model | q scale | seed | epochs | test NLL (nats) | + log N | +- s.e. | "
+        "KL (nats) | active units | KNN accuracy | code use (nats) | chain code | "
+        "independent code | train s | total s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['decoder']} | {r['model']} | {r['seed']} | {r['epochs']} | {r['nll']:.2f} | "
+            f"| {r['decoder']} | {r['model']} | {scale_name(r.get('posterior_scale', 0.0))} | "
+            f"{r['seed']} | {r['epochs']} | {r['nll']:.2f} | "
             f"{r['nll'] + r['index_cost']:.2f} | {r['stderr']:.2f} | {r['kl']:.2f} | "
             f"{r['active']} | {number(r['knn'], 4)} | {number(r.get('code_use'))} | "
             f"{number(r['chain'])} | "

@@ -15,7 +15,10 @@ the code) drops. Generative story, for each datum n::
 
 with ``c_n = mu_phi(x_n)`` the guide's mean code and ``KNN_K`` the K nearest codes of the
 **code memory** ``{c_m}``, one per training datum, excluding the datum itself.
-Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the VAE.
+Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the VAE; or, with
+``posterior_scale = s > 0``, ``Normal(mu_phi(x_n), s^2 I)`` (``s = 1``: the paper's
+unit-variance codes, whose only free parameter is the mean: the KL to the neighbour's prior
+cannot be lowered by widening the posterior).
 
 - The **memory** is a buffer of the model (``memory``, ``(N, D)``), so checkpoints hold it and
   a resumed run continues exactly. The guide writes the codes of a training batch's data into
@@ -67,6 +70,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,9 +290,19 @@ class ACNConfig(ImageConfig):
     )
     pixelcnn_layers: int = option(5, "gated layers of the pixelcnn decoder", convert=int)
     pixelcnn_channels: int = option(32, "feature maps of the pixelcnn decoder", convert=int)
+    posterior_scale: float = option(
+        0.0,
+        "fixed scale of every unit of q(z | x) (1: the paper's unit-variance codes); 0: learned",
+        convert=float,
+    )
 
     def validate(self) -> None:
         super().validate()
+        if not (self.posterior_scale >= 0 and math.isfinite(self.posterior_scale)):
+            raise ValueError(
+                f"posterior_scale must be 0 (learned) or a positive number, "
+                f"got {self.posterior_scale}"
+            )
         for name in ("neighbours", "components", "search_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -313,8 +327,9 @@ class ACN(StandardNormalPrior):
     Options (:class:`ACNConfig`): those of every image model (``input_shape``, ``latent_dim``
     D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``), ``neighbours``
     K, ``components`` of the prior mixture, ``prior_hidden``, ``search_chunk``, ``search``
-    (``exact`` or ``faiss``) and the decoder ``architecture`` (``mlp`` or ``pixelcnn``, with
-    ``pixelcnn_layers`` and ``pixelcnn_channels``).
+    (``exact`` or ``faiss``), the decoder ``architecture`` (``mlp`` or ``pixelcnn``, with
+    ``pixelcnn_layers`` and ``pixelcnn_channels``) and ``posterior_scale`` (0: learned
+    scales; ``s > 0``: ``q(z | x) = Normal(mu(x), s^2 I)``).
 
     Buffers: ``memory`` ``(N, D)`` (empty until :meth:`training_setup`), ``memory_labels``
     ``(N,)`` (the training labels, ``-1`` where none) and ``memory_epoch`` (the epoch whose
@@ -426,6 +441,11 @@ class ACN(StandardNormalPrior):
 
     # -- networks -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)`` of ``q(z | x)``, each ``(B, D)``; with ``posterior_scale > 0`` the
+        scale is that constant (the encoder's scale head is not evaluated)."""
+        if self.config.posterior_scale > 0:
+            loc = self.encoder.head.loc(self.encoder.trunk(self._flat(x)))
+            return loc, torch.full_like(loc, self.config.posterior_scale)
         return self.encoder(self._flat(x))
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:

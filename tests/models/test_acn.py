@@ -225,7 +225,8 @@ def test_metrics_kl_is_the_code_cost_under_the_nearest_codes_prior():
     assert abs(metrics["test_kl"] - float(analytic.mean())) < 5 * stderr + 1e-6
 
 
-def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
+@pytest.mark.parametrize("posterior_scale", [0.0, 1.0])
+def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path, posterior_scale):
     """A run interrupted after a mid-epoch checkpoint and resumed (memory, not refreshed
     again) ends where the uninterrupted run ends: parameters and memory, bit for bit."""
     from pvae.infer.callbacks import Callback
@@ -240,7 +241,14 @@ def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
 
     def run(directory, seed=0, resume=False, extra=()):
         torch.manual_seed(seed)
-        model = ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], neighbours=3)
+        model = ACN(
+            input_shape=(1, 4, 4),
+            latent_dim=2,
+            hidden=[8],
+            prior_hidden=[8],
+            neighbours=3,
+            posterior_scale=posterior_scale,
+        )
         setup = model.training_setup(data, seed=0)
         fit(
             model.model,
@@ -263,6 +271,77 @@ def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path):
     resumed = run(tmp_path / "part", seed=99, resume=True)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+# -- a fixed posterior scale (the paper's unit-variance codes) ----------------------------------
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_fixed_posterior_scale_is_exactly_the_guides_scale(scale):
+    import pyro.poutine as poutine
+
+    data = _tiny_data()
+    torch.manual_seed(0)
+    model = ACN(
+        input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], posterior_scale=scale
+    )
+    setup = model.training_setup(data, seed=0)
+    x, _, index = next(setup["train_data"].batches(6, generator=torch.Generator().manual_seed(0)))
+    trace = poutine.trace(model.guide).get_trace(x, index)
+    q = trace.nodes["z"]["fn"].base_dist
+    assert torch.equal(q.scale, torch.full((6, 2), scale))
+    loc, fixed = model.encode(x)
+    assert torch.equal(loc, q.loc) and torch.equal(fixed, q.scale)
+    # The mean is the learned-scale model's mean (same networks, same weights).
+    learned = ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8])
+    learned.load_state_dict(model.state_dict())
+    assert torch.equal(learned.encode(x)[0], loc)
+    assert not torch.equal(learned.encode(x)[1], fixed)
+
+
+@pytest.mark.parametrize("scale", [-1.0, math.nan, math.inf])
+def test_posterior_scale_must_be_zero_or_positive(scale):
+    with pytest.raises(ValueError, match="posterior_scale"):
+        ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], posterior_scale=scale)
+
+
+def test_training_with_a_fixed_posterior_scale_lowers_the_loss_and_keeps_the_scale():
+    """Unit-variance codes train: the loss falls, the encoder's mean moves, the scale stays 1
+    and the unused scale head gets no update."""
+    from pvae.infer.train import fit
+
+    generator = torch.Generator().manual_seed(0)
+    patterns = (torch.rand(2, 1, 4, 4, generator=generator) > 0.5).float()
+    labels = torch.arange(40) % 2
+    data = ImageDataset(patterns[labels], labels, name="two patterns")
+    torch.manual_seed(0)
+    model = ACN(
+        input_shape=(1, 4, 4),
+        latent_dim=2,
+        hidden=[8],
+        prior_hidden=[8],
+        neighbours=3,
+        posterior_scale=1.0,
+    )
+    setup = model.training_setup(data, seed=0)
+    head = {k: v.clone() for k, v in model.encoder.head.state_dict().items()}
+    result = fit(
+        model.model,
+        model.guide,
+        train_data=setup["train_data"],
+        callbacks=setup["callbacks"],
+        epochs=30,
+        batch_size=8,
+        lr=1e-2,
+        seed=0,
+        progress=False,
+    )
+    losses = [record["train_bound"] for record in result.history]
+    assert all(math.isfinite(v) for v in losses)
+    # The bound (nats per image, 16 pixels) rises from about -11 (chance) towards 0.
+    assert losses[-1] > losses[0] + 3.0
+    assert not torch.equal(model.encoder.head.loc.weight, head["loc.weight"])
+    assert torch.equal(model.encoder.head.raw_scale.weight, head["raw_scale.weight"])
+    with torch.no_grad():
+        assert torch.equal(model.encode(data.images)[1], torch.ones(40, 2))
 
 
 # -- daydreams ----------------------------------------------------------------------------------
