@@ -31,15 +31,18 @@ from torch.distributions import kl_divergence
 
 from pvae.infer.trace import (
     DataScaleMessenger,
+    RecordingMessenger,
     check_site_match,
     data_frame,
     latent_sites,
     per_datum_log_weights,
     plate_scale,
     probe_max_plate_nesting,
+    record_model_guide,
     reduce_to_particle_data,
     scored_sites,
     site_log_prob,
+    site_structure,
     trace_model_guide,
     vectorize,
 )
@@ -122,10 +125,18 @@ class ELBO(Objective):
     name = "elbo"
     weights_latents = True
 
-    def __init__(self, num_particles: int = 1, analytic_kl: bool = True) -> None:
+    def __init__(
+        self, num_particles: int = 1, analytic_kl: bool = True, *, cache_structure: bool = True
+    ) -> None:
         super().__init__(num_particles)
         self.analytic_kl = analytic_kl
         self._kl_sites: dict[tuple[Callable, Callable], frozenset[str]] = {}
+        # The fast path (see _ScoringPlan): only for the ELBO itself, whose
+        # subclasses' penalties may read trace sites the lean tracer does not record.
+        self.cache_structure = cache_structure and type(self)._penalty is ELBO._penalty
+        self._plans: dict[tuple[Callable, Callable], _ScoringPlan] = {}
+        #: steps scored by the generic path and by a cached plan (the tests read them)
+        self.path_counts = {"generic": 0, "planned": 0}
 
     def _eligible_kl_sites(self, model, guide, args, kwargs, guide_trace) -> frozenset[str]:
         key = (model, guide)
@@ -153,31 +164,43 @@ class ELBO(Objective):
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
         particles = self.num_particles if self.num_particles > 1 else None
         scaling = DataScaleMessenger(num_data, scale=scale)
-        with scaling:
-            model_trace, guide_trace = trace_model_guide(
-                model, guide, args, kwargs, num_particles=particles, max_plate_nesting=nesting
+        key = (model, guide)
+        plan = self._plans.get(key) if self.cache_structure else None
+        if plan is not None:
+            model_trace, guide_trace = record_model_guide(
+                model,
+                guide,
+                args,
+                kwargs,
+                scaling,
+                num_particles=particles,
+                max_plate_nesting=nesting,
             )
-        _check_reparameterized(guide_trace)
-        kl_sites = self._eligible_kl_sites(model, guide, args, kwargs, guide_trace)
+            structure = (site_structure(model_trace), site_structure(guide_trace))
+            if structure != plan.structure:  # the sites changed: the generic path decides
+                check_site_match(model_trace, guide_trace)
+                plan = None
+        else:
+            with scaling:
+                model_trace, guide_trace = trace_model_guide(
+                    model, guide, args, kwargs, num_particles=particles, max_plate_nesting=nesting
+                )
+            structure = None
         # Terms are grouped by scale and multiplied once per group: fewer autograd nodes.
         observed: dict[float, torch.Tensor] = {}
         latent: dict[float, torch.Tensor] = {}
-        used_kl: set[str] = set()
-        for site in scored_sites(model_trace):
-            target = observed if site["is_observed"] else latent
-            if not site["is_observed"] and site["name"] in kl_sites:
-                try:
-                    kl = kl_divergence(guide_trace.nodes[site["name"]]["fn"], site["fn"])
-                except NotImplementedError:
-                    kl = None
-                if kl is not None:
-                    _accumulate(latent, site["scale"], -_mask(kl, site).sum())
-                    used_kl.add(site["name"])
-                    continue
-            _accumulate(target, site["scale"], site_log_prob(site).sum())
-        for site in latent_sites(guide_trace):
-            if site["name"] not in used_kl:
-                _accumulate(latent, site["scale"], -site_log_prob(site).sum())
+        if plan is not None:
+            self.path_counts["planned"] += 1
+            plan.score(model_trace.nodes, guide_trace.nodes, observed, latent)
+        else:
+            self.path_counts["generic"] += 1
+            terms = self._generic_terms(
+                model, guide, args, kwargs, model_trace, guide_trace, observed, latent
+            )
+            if self.cache_structure:
+                if structure is None:
+                    structure = (site_structure(model_trace), site_structure(guide_trace))
+                self._plans[key] = _ScoringPlan(structure, terms)
         observed_total = _scaled_sum(observed)
         latent_total = _scaled_sum(latent)
         elbo = observed_total + latent_total
@@ -194,6 +217,36 @@ class ELBO(Objective):
             loss = loss + penalty
         return ObjectiveValue(loss=loss, bound=elbo.detach() / factor, data_plate=scaling.frame)
 
+    def _generic_terms(
+        self, model, guide, args, kwargs, model_trace, guide_trace, observed, latent
+    ) -> list[tuple[str, str]]:
+        """Scores the traces site by site into ``observed`` and ``latent`` (the generic path,
+        with its checks) and returns what it did, in order: the plan of later steps with the
+        same site structure."""
+        _check_reparameterized(guide_trace)
+        kl_sites = self._eligible_kl_sites(model, guide, args, kwargs, guide_trace)
+        terms: list[tuple[str, str]] = []
+        used_kl: set[str] = set()
+        for site in scored_sites(model_trace):
+            target = observed if site["is_observed"] else latent
+            if not site["is_observed"] and site["name"] in kl_sites:
+                try:
+                    kl = kl_divergence(guide_trace.nodes[site["name"]]["fn"], site["fn"])
+                except NotImplementedError:
+                    kl = None
+                if kl is not None:
+                    _accumulate(latent, site["scale"], -_mask(kl, site).sum())
+                    used_kl.add(site["name"])
+                    terms.append(("kl", site["name"]))
+                    continue
+            _accumulate(target, site["scale"], site_log_prob(site).sum())
+            terms.append(("observed" if site["is_observed"] else "model", site["name"]))
+        for site in latent_sites(guide_trace):
+            if site["name"] not in used_kl:
+                _accumulate(latent, site["scale"], -site_log_prob(site).sum())
+                terms.append(("guide", site["name"]))
+        return terms
+
     # Hooks for objectives that reweight or extend the ELBO
     # (pvae.infer.info.InfoVAEObjective): the bound stays the ELBO's, only the loss changes.
     def _latent_weight(self) -> float:
@@ -208,6 +261,40 @@ class ELBO(Objective):
         return None
 
 
+class _ScoringPlan:
+    """The ELBO's fast path: what the generic path did for one (model, guide) pair, replayed
+    while the site structure stays the same.
+
+    The first step of a pair (and any step whose sites differ from the plan's, by
+    :func:`~pvae.infer.trace.site_structure`: another site, an observed latent, another
+    distribution type, a tensor scale, a mask, other plates) runs the generic path: the full
+    ``poutine.trace``/``poutine.replay`` traces, the site-matching and reparameterization
+    checks, the analytic-KL eligibility and ``kl_divergence``'s dispatch with its fallback.
+    Later steps record the sites with one lean messenger
+    (:func:`~pvae.infer.trace.record_model_guide`), compare their structure with the plan's,
+    and compute the same terms in the same order, so the loss and its gradients are the
+    generic path's to the bit.
+    """
+
+    def __init__(self, structure: tuple, terms: list[tuple[str, str]]) -> None:
+        self.structure = structure
+        self.terms = terms
+
+    def score(self, model_sites: dict, guide_sites: dict, observed: dict, latent: dict) -> None:
+        for kind, name in self.terms:
+            if kind == "kl":
+                site = model_sites[name]
+                kl = kl_divergence(guide_sites[name]["fn"], site["fn"])
+                _accumulate(latent, site["scale"], -_mask(kl, site).sum())
+            elif kind == "guide":
+                site = guide_sites[name]
+                _accumulate(latent, site["scale"], -site_log_prob(site).sum())
+            else:
+                site = model_sites[name]
+                target = observed if kind == "observed" else latent
+                _accumulate(target, site["scale"], site_log_prob(site).sum())
+
+
 def _accumulate(groups: dict, scale, term: torch.Tensor) -> None:
     if isinstance(scale, torch.Tensor) and scale.numel() > 1:  # per-element scale: apply now
         term, scale = term * scale, 1.0
@@ -216,10 +303,11 @@ def _accumulate(groups: dict, scale, term: torch.Tensor) -> None:
 
 
 def _scaled_sum(groups: dict) -> torch.Tensor | float:
-    total = 0.0
+    total = None
     for scale, term in groups.items():
-        total = total + (term if scale == 1.0 else scale * term)
-    return total
+        term = term if scale == 1.0 else scale * term
+        total = term if total is None else total + term
+    return 0.0 if total is None else total
 
 
 def _mask(value: torch.Tensor, site: dict[str, Any]) -> torch.Tensor:
@@ -247,11 +335,30 @@ class IWAE(Objective):
 
     name = "iwae"
 
-    def __init__(self, num_particles: int = 5, estimator: str = "standard") -> None:
+    def __init__(
+        self, num_particles: int = 5, estimator: str = "standard", *, cache_structure: bool = True
+    ) -> None:
         super().__init__(num_particles)
         if estimator not in ("standard", "dreg"):
             raise ValueError(f"estimator must be 'standard' or 'dreg', got {estimator!r}")
         self.estimator = estimator
+        # The fast path, as the ELBO's (_ScoringPlan): once a pair's site structure has passed
+        # the checks, steps with the same structure are traced by one lean messenger per run
+        # and skip the checks; any other structure takes the generic path again.
+        self.cache_structure = cache_structure
+        self._structures: dict[tuple[Callable, Callable], tuple] = {}
+        #: steps traced by the generic path and by the lean one (the tests read them)
+        self.path_counts = {"generic": 0, "planned": 0}
+
+    def _known(self, key, model_trace, guide_trace) -> bool:
+        """Whether the lean traces have the structure already checked for ``key``."""
+        structure = (site_structure(model_trace), site_structure(guide_trace))
+        return structure == self._structures.get(key)
+
+    def _remember(self, key, model_trace, guide_trace) -> None:
+        self.path_counts["generic"] += 1
+        if self.cache_structure:
+            self._structures[key] = (site_structure(model_trace), site_structure(guide_trace))
 
     def __call__(
         self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
@@ -259,15 +366,35 @@ class IWAE(Objective):
         if self.estimator == "dreg":
             return self._dreg(model, guide, args, kwargs, num_data, scale)
         nesting = self.max_plate_nesting(model, guide, args, kwargs)
-        model_trace, guide_trace = trace_model_guide(
-            model,
-            guide,
-            args,
-            kwargs,
-            num_particles=self.num_particles,
-            max_plate_nesting=nesting,
-        )
-        _check_reparameterized(guide_trace)
+        key = (model, guide)
+        known = False
+        if key in self._structures:
+            model_trace, guide_trace = record_model_guide(
+                model,
+                guide,
+                args,
+                kwargs,
+                DataScaleMessenger(),
+                num_particles=self.num_particles,
+                max_plate_nesting=nesting,
+            )
+            known = self._known(key, model_trace, guide_trace)
+            if not known:
+                check_site_match(model_trace, guide_trace)
+        else:
+            model_trace, guide_trace = trace_model_guide(
+                model,
+                guide,
+                args,
+                kwargs,
+                num_particles=self.num_particles,
+                max_plate_nesting=nesting,
+            )
+        if known:
+            self.path_counts["planned"] += 1
+        else:
+            _check_reparameterized(guide_trace)
+            self._remember(key, model_trace, guide_trace)
         log_w = per_datum_log_weights(model_trace, guide_trace, max_plate_nesting=nesting)
         bound = (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
         frame = data_frame(model_trace)
@@ -279,8 +406,15 @@ class IWAE(Objective):
         k = self.num_particles
         vmodel = vectorize(model, k, nesting)
         vguide = vectorize(guide, k, nesting)
-        guide_trace = poutine.trace(vguide).get_trace(*args, **kwargs)
-        _check_reparameterized(guide_trace)
+        key = (model, guide)
+        lean = key in self._structures
+        if lean:
+            with RecordingMessenger(DataScaleMessenger()) as recorder:
+                vguide(*args, **kwargs)
+            guide_trace = recorder.trace
+        else:
+            guide_trace = poutine.trace(vguide).get_trace(*args, **kwargs)
+            _check_reparameterized(guide_trace)
         names = [s["name"] for s in latent_sites(guide_trace)]
         num_dims = nesting + 1
         data_dim = data_frame(guide_trace).dim
@@ -316,10 +450,21 @@ class IWAE(Objective):
             direct_log_q = {name: site_log_prob(direct_guide.nodes[name]) for name in names}
         # Replayed, not conditioned, on the samples: the sites stay latent, so the model's
         # latents can be checked against the guide's.
-        model_trace = poutine.trace(poutine.replay(vmodel, trace=pathwise_guide)).get_trace(
-            *args, **kwargs
-        )
-        check_site_match(model_trace, pathwise_guide)
+        if lean:
+            with RecordingMessenger(DataScaleMessenger(), replay=pathwise_guide) as recorder:
+                vmodel(*args, **kwargs)
+            model_trace = recorder.trace
+            lean = self._known(key, model_trace, guide_trace)
+        else:
+            model_trace = poutine.trace(poutine.replay(vmodel, trace=pathwise_guide)).get_trace(
+                *args, **kwargs
+            )
+        if lean:
+            self.path_counts["planned"] += 1
+        else:
+            check_site_match(model_trace, pathwise_guide)
+            _check_reparameterized(guide_trace)
+            self._remember(key, model_trace, guide_trace)
         log_w = per_datum_log_weights(model_trace, pathwise_guide, max_plate_nesting=nesting)
         # + log q_phi(sg z): cancels the direct (score) dependence of log q on phi.
         direct = 0.0

@@ -644,9 +644,7 @@ class _Training:
             buffers = [b for module in self.modules for b in module.buffers()]
             self.dist.broadcast_tensors_([p.detach() for p in self.params] + buffers)
             self.reducer = GradientReducer(self.dist, self.params)
-        self.optimizer = torch.optim.Adam(
-            self.params, lr=config.lr, betas=config.betas, eps=config.eps
-        )
+        self.optimizer = make_adam(self.params, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
 
     def _resume(self) -> tuple[int, int, tuple[float, int]] | None:
@@ -965,6 +963,23 @@ def _diverged(epoch: int, step: int, detail: str = "") -> TrainingError:
         f"non-finite loss or parameters at epoch {epoch + 1}, step {step + 1}{detail}; lower "
         "--lr or set --clip-norm (the last good checkpoint is kept)"
     )
+
+
+def make_adam(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Adam:
+    """``fit``'s optimizer: Adam with the config's ``lr``, ``betas`` and ``eps``, fused (one
+    kernel per step over all parameters, torch's ``fused=True``) where torch has a fused Adam
+    for the parameters' device and dtypes, else torch's default.
+
+    The fused update is the same arithmetic as the default one (to float rounding: parameters
+    may differ in the last bit) at a fraction of its cost on a CPU, where the default runs
+    about ten kernels per parameter tensor: on the 784-400-50 VAE of
+    ``benchmarks/throughput.py`` it is the largest saving of the step.
+    """
+    options = dict(lr=config.lr, betas=config.betas, eps=config.eps)
+    try:
+        return torch.optim.Adam(params, fused=True, **options)
+    except RuntimeError:  # no fused kernel for these parameters' device or dtype
+        return torch.optim.Adam(params, **options)
 
 
 def _collect_params(modules: list[torch.nn.Module]) -> list[torch.nn.Parameter]:

@@ -9,6 +9,7 @@ do) and ``report_items`` (a grid of samples and one of reconstructions).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,18 @@ class ImageConfig(ModelConfig):
             )
 
 
+class _LastChecked:
+    """The input whose range ``_check_input`` checked last: held weakly, with its in-place
+    version; a copy or a pickle of the model starts empty."""
+
+    def __init__(self) -> None:
+        self.tensor: weakref.ref | None = None
+        self.version = -1
+
+    def __reduce__(self) -> tuple:
+        return (_LastChecked, ())
+
+
 class ImageModel(Model):
     """Base of pvae's image models (not a model by itself).
 
@@ -72,15 +85,23 @@ class ImageModel(Model):
 
     def _check_input(self, x: torch.Tensor) -> None:
         """``ValueError`` for inputs of the wrong shape or outside the likelihood's support
-        ([0, 1] for the Bernoulli likelihoods); one min/max and one host sync per call
-        (:func:`~pvae.models.likelihoods.check_data_range`)."""
+        ([0, 1] for the Bernoulli likelihoods); one min/max and one host sync per batch
+        (:func:`~pvae.models.likelihoods.check_data_range`): the guide and the model of one
+        step get the same tensor, and the range of the tensor last checked is not checked
+        again while it is unchanged (same object, same in-place version)."""
         shape = self.input_shape
         if tuple(x.shape[-len(shape) :]) != shape:
             raise ValueError(
                 f"{type(self).__name__} expects inputs of shape (batch, {', '.join(map(str, shape))}); "
                 f"got {tuple(x.shape)}"
             )
+        last = self.__dict__.get("_range_checked")
+        if last is None:  # created here: subclasses need not call ImageModel.__init__
+            last = self.__dict__["_range_checked"] = _LastChecked()
+        if last.tensor is not None and last.tensor() is x and last.version == x._version:
+            return
         check_data_range(self.config.likelihood, x, type(self).__name__)
+        last.tensor, last.version = weakref.ref(x), x._version
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., *input_shape)`` -> ``(..., pixels)``."""
