@@ -291,3 +291,67 @@ def test_log_prob_fast_path_matches_component_log_prob_with_gradients():
         strict=True,
     ):
         torch.testing.assert_close(mine, reference)
+
+
+@pytest.mark.parametrize("shape", [(4, 64), (3, 1)])
+@pytest.mark.parametrize("univariate", [False, True])
+def test_log_prob_of_own_sample_matches_general_path(shape, univariate):
+    """``log_prob`` of the tensor ``rsample`` just returned reuses rsample's log-densities and
+    scores; on the same draws it gives the general path's values and gradients (a clone takes
+    the general path)."""
+    k, d = shape
+    generator = torch.Generator().manual_seed(k * d)
+    logits = torch.randn(k, generator=generator, dtype=torch.float64).requires_grad_()
+    locs = (2 * torch.randn(k, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    scales = (0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64)).requires_grad_()
+
+    def make():
+        if univariate:
+            return ReparameterizedMixture(
+                dist.Categorical(logits=logits), dist.Normal(locs[:, 0], scales[:, 0])
+            )
+        return _ours(logits, locs, scales)
+
+    leaves = [logits, locs, scales]
+    c = torch.linspace(-1, 2, 1 if univariate else d, dtype=torch.float64)
+
+    def loss(x, log_prob):
+        return (x * x * c).sum() + (
+            log_prob
+            * torch.linspace(0.5, 1.5, log_prob.numel()).to(log_prob).reshape(log_prob.shape)
+        ).sum()
+
+    torch.manual_seed(1)
+    mixture = make()
+    x_a = mixture.rsample((200,))
+    own_a = mixture.log_prob(x_a)
+    assert mixture._own_sample[0] is x_a
+    grads_a = torch.autograd.grad(loss(x_a, own_a), leaves)
+    torch.manual_seed(1)  # the same draws for the general path
+    mixture = make()
+    x_b = mixture.rsample((200,))
+    general_b = mixture.log_prob(x_b.clone())
+    grads_b = torch.autograd.grad(loss(x_b, general_b), leaves)
+    torch.testing.assert_close(x_a, x_b, rtol=0, atol=0)
+    torch.testing.assert_close(own_a, general_b, rtol=1e-12, atol=1e-12)
+    for mine, reference in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_numpy_and_torch_adjoint_solvers_agree():
+    """The CPU (numpy) back substitution and the torch one (other devices, double backward)
+    solve the same system: same values on the same inputs."""
+    generator = torch.Generator().manual_seed(3)
+    g_mat = 0.1 * torch.randn(50, 4, 16, generator=generator, dtype=torch.float64)
+    score = torch.randn(50, 4, 16, generator=generator, dtype=torch.float64)
+    grad = torch.randn(50, 16, generator=generator, dtype=torch.float64)
+    with torch.no_grad():  # as in a first-order backward
+        numpy_solution = mixture_module._solve_offset_adjoints(g_mat, score, grad)
+    with torch.enable_grad():  # as in a double backward
+        torch_solution = mixture_module._solve_offset_adjoints(g_mat, score, grad)
+    torch.testing.assert_close(numpy_solution, torch_solution, rtol=1e-13, atol=1e-13)
+    # and both solve it: a_i = g_i - score_i . sum_{i' > i} G_i' a_i'
+    a = numpy_solution
+    tail = torch.flip(torch.cumsum(torch.flip(g_mat * a.unsqueeze(-2), [-1]), -1), [-1])
+    later = torch.cat([tail[..., 1:], torch.zeros_like(tail[..., :1])], -1)
+    torch.testing.assert_close(a, grad - (score * later).sum(-2), rtol=1e-12, atol=1e-12)
