@@ -11,6 +11,7 @@ import mpmath
 import pyro
 import pyro.distributions as dist
 import pytest
+import scipy.stats
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -547,6 +548,49 @@ def test_wood_sampler_moments_over_many_rounds(monkeypatch):
     d, kappa = 64, 1e4
     kappas = torch.full((40_000,), kappa, dtype=torch.float64)
     w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
+    a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
+    second = 1 - (d - 1) * a / kappa
+    assert (w.mean() - a).abs() <= Z * w.std() / 200
+    assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / 200
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize(("d", "kappa"), [(4, 2.0), (10, 40.0), (64, 2500.0), (64, 1e4)])
+def test_gamma_proposal_sampler_matches_wood_and_exact_moments(d, kappa):
+    """Above ``_gamma_proposal_threshold(d)`` (kappa 1.9 at d = 4, 39 at d = 10, 2,400 at
+    d = 64; the rows sit at or near it, where its rejection step matters most) y = 1 - w
+    comes from gamma proposals: E[w] = A_d(kappa), E[w^2] = 1 - (d - 1) A / kappa, and the
+    law of Wood's sampler (two-sample Kolmogorov-Smirnov on 20,000 draws each)."""
+    assert kappa > vmf_module._gamma_proposal_threshold(d)
+    kappas = torch.full((20_000,), kappa, dtype=torch.float64)
+    w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
+    w_wood = 1 - vmf_module._sample_one_minus_w_wood(kappas, d, gamma_proposals=False)
+    a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
+    second = 1 - (d - 1) * a / kappa
+    n = math.sqrt(w.numel())
+    assert (w.mean() - a).abs() <= Z * w.std() / n
+    assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / n
+    assert scipy.stats.ks_2samp(w.numpy(), w_wood.numpy()).pvalue > 1e-5
+
+
+def test_mixed_batch_takes_both_samplers_elementwise():
+    """A batch with concentrations on both sides of the threshold: each element keeps its
+    own kappa's law (the two halves' means match A_d of their kappa)."""
+    d = 64
+    kappas = torch.cat([torch.full((20_000,), 100.0), torch.full((20_000,), 1e4)]).double()
+    w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
+    for half, kappa in zip(w.split(20_000), (100.0, 1e4), strict=True):
+        a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
+        assert (half.mean() - a).abs() <= Z * half.std() / math.sqrt(half.numel())
+
+
+@pytest.mark.statistical
+def test_wood_sampler_moments_at_low_acceptance_without_gamma_proposals():
+    """Wood's own sampler where its acceptance is lowest (0.71 at d = 64, kappa = 1e4), now
+    that the default takes gamma proposals there."""
+    d, kappa = 64, 1e4
+    kappas = torch.full((40_000,), kappa, dtype=torch.float64)
+    w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d, gamma_proposals=False)
     a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
     second = 1 - (d - 1) * a / kappa
     assert (w.mean() - a).abs() <= Z * w.std() / 200
