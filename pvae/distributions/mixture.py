@@ -32,6 +32,16 @@ class ReparameterizedMixture(TorchDistribution):
     ``(..., K)``; or ``Independent(base, 1)`` of such a univariate ``base`` with batch shape
     ``(..., K, D)`` (a diagonal multivariate mixture).
 
+    ``log_prob`` of the very tensor that ``rsample`` last returned, unmodified (as in an
+    ELBO), reuses rsample's component log-densities and scores (no pass over the sample in
+    the forward); any other tensor, a clone included, takes the general path (same values
+    and gradients, tested on the same draws).
+
+    Everything runs in the parameters' dtype; float64 is not needed: with float32 parameters
+    ``log_prob`` is within 2.5e-7 relative and the gradients of ``rsample`` + ``log_prob``
+    within 1e-5 of the largest entry of their float64 values on the same draws (measured
+    with K = 3-8, D = 4-64, tests/distributions/test_mixture.py).
+
     :param Categorical mixture_distribution: mixing weights, batch shape ``(...)``, ``K``
         categories.
     :param component_distribution: the ``K`` components, batch shape ``(..., K)``.

@@ -355,3 +355,48 @@ def test_numpy_and_torch_adjoint_solvers_agree():
     tail = torch.flip(torch.cumsum(torch.flip(g_mat * a.unsqueeze(-2), [-1]), -1), [-1])
     later = torch.cat([tail[..., 1:], torch.zeros_like(tail[..., :1])], -1)
     torch.testing.assert_close(a, grad - (score * later).sum(-2), rtol=1e-12, atol=1e-12)
+
+
+class _FixedDraws(ReparameterizedMixture):
+    """A mixture whose exact draws are given (``fixed_x``, cast to the parameters' dtype), so
+    that float32 and float64 mixtures see the same draws."""
+
+    def sample(self, sample_shape=()):
+        return self.fixed_x.to(self.mixture_distribution.logits.dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (8, 16), (4, 64)])
+def test_float32_path_matches_float64_on_the_same_draws(shape):
+    """float32 parameters: every pass runs in float32 (nothing needs float64). Accuracy
+    reached on the same draws (1,000 samples): log_prob within 2.5e-7 relative and the
+    gradients of rsample + log_prob within 1e-5 of the largest gradient entry (measured);
+    asserted at 2e-6 and 1e-4."""
+    k, d = shape
+    generator = torch.Generator().manual_seed(k * d)
+    params = [
+        torch.randn(k, generator=generator, dtype=torch.float64),
+        2 * torch.randn(k, d, generator=generator, dtype=torch.float64),
+        0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64),
+    ]
+    c = torch.randn(d, generator=generator, dtype=torch.float64)
+    x = _ours(*params).sample((1000,)).float().double()  # representable in float32
+
+    def run(dtype):
+        leaves = [p.to(dtype).requires_grad_() for p in params]
+        logits, locs, scales = leaves
+        mixture = _FixedDraws(
+            dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)
+        )
+        mixture.fixed_x = x
+        x_hat = mixture.rsample((x.shape[0],))
+        log_prob = mixture.log_prob(x_hat)
+        loss = (x_hat * x_hat * c.to(dtype)).sum() + log_prob.sum()
+        return log_prob, torch.autograd.grad(loss, leaves)
+
+    lp32, grads32 = run(torch.float32)
+    lp64, grads64 = run(torch.float64)
+    assert lp32.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads32)
+    torch.testing.assert_close(lp32.double(), lp64, rtol=2e-6, atol=0)
+    for mine, reference in zip(grads32, grads64, strict=True):
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(mine.double(), reference, rtol=0, atol=1e-4 * scale)
