@@ -78,6 +78,7 @@ def train(kind: str, args, train_data) -> tuple[object, object, float]:
                     step_size=args.step_size,
                     importance_weighted=True,
                     k=args.iw_k,
+                    proposal=args.iw_proposal,
                 )
             else:
                 objective = SteinVGD(num_particles=args.particles, step_size=args.step_size)
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-size", type=float, default=0.05)
     parser.add_argument("--iw-k", type=int, default=2, help="k of the Stein VIWAE's tuples")
     parser.add_argument(
+        "--iw-proposal",
+        default="kde",
+        choices=["kde", "gaussian"],
+        help="q of the Stein VIWAE's importance weights (SteinVGD's proposal)",
+    )
+    parser.add_argument(
         "--models", nargs="+", default=list(LABELS), choices=list(LABELS), help="rows to run"
     )
     parser.add_argument("--eval-samples", type=int, default=500)
@@ -172,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         f"units), Bernoulli pixels; encoders of {args.hidden} hidden units (Gaussian; Stein: x "
         f"and {args.latent_dim}-d noise in, one particle out, M = {args.particles} particles "
         f"per datum, SVGD step {args.step_size}; Stein VIWAE: the same {args.particles} "
-        f"particles as {args.particles // args.iw_k} tuples of k = {args.iw_k}). Test: {args.test_size:,} statically "
+        f"particles as {args.particles // args.iw_k} tuples of k = {args.iw_k}, q of the "
+        f"weights: {args.iw_proposal}). Test: {args.test_size:,} statically "
         f"binarized test images (drawn with seed {args.seed}); NLL importance-sampled with "
         f"K = {args.eval_samples} (Stein: proposal = the diagonal Gaussian fitted to 100 "
         "particles per datum, drawn independently of the K samples: a stochastic lower bound "

@@ -53,6 +53,9 @@ class SteinVAEConfig(ImageConfig):
     svgd_steps: int = option(1, "SVGD steps per training step", convert=int)
     importance_weighted: bool = option(False, "the Stein VIWAE variant of [1]")
     iw_k: int = option(2, "k, particles per importance-weighted tuple", convert=int)
+    iw_proposal: str = option(
+        "kde", "q of the importance weights: 'kde' (of the particles) or 'gaussian' (fitted)"
+    )
     fit_particles: int = option(100, "particles the evaluation Gaussian is fitted to", convert=int)
 
     def validate(self) -> None:
@@ -65,6 +68,8 @@ class SteinVAEConfig(ImageConfig):
             )
         if not (self.step_size > 0 and math.isfinite(self.step_size)) or self.svgd_steps < 1:
             raise ValueError("step_size must be a positive number and svgd_steps >= 1")
+        if self.iw_proposal not in ("kde", "gaussian"):
+            raise ValueError(f"iw_proposal must be 'kde' or 'gaussian', got {self.iw_proposal!r}")
         if self.fit_particles < 2:
             raise ValueError(f"fit_particles must be >= 2, got {self.fit_particles}")
 
@@ -114,6 +119,7 @@ class SteinVAE(StandardNormalPrior):
             svgd_steps=config.svgd_steps,
             importance_weighted=config.importance_weighted,
             k=config.iw_k,
+            proposal=config.iw_proposal,
         )
         return {"guide": self.sampler.guide, "objective": objective, "valid_data": None}
 

@@ -15,6 +15,7 @@ from pvae.evaluation.importance import log_likelihood
 from pvae.infer.stein import (
     SteinEncoder,
     SteinVGD,
+    _kernel_density,
     _tuples,
     _untuples,
     fitted_gaussian_guide,
@@ -112,6 +113,8 @@ def test_stein_vgd_rejects_bad_options():
         SteinVGD(svgd_steps=0)
     with pytest.raises(ValueError, match="k "):
         SteinVGD(importance_weighted=True, k=0)
+    with pytest.raises(ValueError, match="proposal"):
+        SteinVGD(importance_weighted=True, proposal="normal")
 
 
 @pytest.mark.statistical
@@ -299,3 +302,56 @@ def test_a_stein_viwae_trains_with_fit_and_its_bound_is_finite():
     assert any(
         not torch.equal(p, q) for p, q in zip(vae.decoder.parameters(), decoder_before, strict=True)
     )
+
+
+def test_kernel_density_is_the_leave_one_out_mixture_of_the_svgd_kernels_gaussians():
+    torch.manual_seed(0)
+    particles = torch.randn(6, 2, 3)  # N = 6 particles, B = 2 data, D = 3
+    z = particles + 0.1 * torch.randn(6, 2, 3)  # the moved copies, in the same order
+    h = median_bandwidth(particles)
+    log_q = _kernel_density(particles)(z)
+    for b in range(2):
+        for i in range(6):
+            others = [j for j in range(6) if j != i]
+            components = torch.distributions.Normal(particles[others, b], (h[b] / 2).sqrt())
+            expected = torch.logsumexp(components.log_prob(z[i, b]).sum(-1), 0) - math.log(5)
+            assert torch.allclose(log_q[i, b], expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.statistical
+def test_an_amortised_stein_viwae_keeps_its_spread_on_a_twenty_dimensional_posterior(
+    linear_gaussian, seed
+):
+    """The MNIST failure on a closed-form model: z 20-d N(0, I), x 4-d linear-Gaussian (most
+    latent directions keep the prior's spread, as MNIST's inactive units), a SteinEncoder
+    trained through ``fit`` with 5 tuples of k = 2 (the benchmark's setting). With q the
+    Gaussian fitted to the particles (the former default) the particles contracted and the
+    run diverged here as on MNIST: at seeds 0 and 1, particle sd 0.0045 and 0.0014 after 100
+    epochs, SVGD moves 600-3,600 times that sd, training bound from -84 to -763 and -2685
+    (log p(x) = -11.7). With the kernel density of the particles (the default) the sd stays
+    near 0.14 (the posterior's is 0.70; SVGD's few particles in 20 dimensions under-spread)
+    and the bound rises to about -39 (seeds 0-2)."""
+    from pvae.infer.train import fit
+
+    lg = type(linear_gaussian)(d=20, D=4, s=0.5)
+    x = torch.randn(200, 20) @ lg.W.T + lg.b + 0.5 * torch.randn(200, 4)
+    encoder = SteinEncoder(4, 20, hidden=(32,))
+    objective = SteinVGD(num_particles=5, step_size=0.05, importance_weighted=True, k=2)
+    with pyro.settings.context(module_local_params=True):
+        result = fit(
+            lg.model,
+            encoder.guide,
+            x,
+            objective=objective,
+            epochs=100,
+            batch_size=50,
+            seed=seed,
+            progress=False,
+        )
+    with torch.no_grad():
+        z = encoder(x[:50], torch.randn(100, 50, 20))
+    bounds = [record["train_bound"] for record in result.history]
+    assert float(z.std(0).mean()) > 0.05, z.std(0).mean()
+    assert bounds[-1] > bounds[0] + 20, (bounds[0], bounds[-1])
+    assert bounds[-1] < float(lg.log_marginal(x).mean()) + 1.0, bounds[-1]
