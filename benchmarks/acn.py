@@ -87,6 +87,8 @@ PER_RUN = (
     "rows",
     "merge",
     "posterior_scale",
+    "models",
+    "vae_beta",
 )
 
 
@@ -227,6 +229,13 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="fixed scale of q(z | x) in both models (1: the paper's unit variance); 0: learned",
     )
+    parser.add_argument("--models", default="vae,acn", help="which of vae, acn to train")
+    parser.add_argument(
+        "--vae-beta",
+        type=float,
+        default=1.0,
+        help="KL weight of the VAE rows (< 1: how much the decoder gains from a cheaper code)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--rows", default=None, help="also save this run's rows (JSON)")
@@ -263,7 +272,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
             fixed = {"posterior_scale": args.posterior_scale} if args.posterior_scale else {}
             models = {
-                "vae": {**shared, **architecture, **fixed},
+                "vae": {
+                    **shared,
+                    **architecture,
+                    **fixed,
+                    **({"beta": args.vae_beta} if args.vae_beta != 1.0 else {}),
+                },
                 "acn": {
                     **shared,
                     **architecture,
@@ -279,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
             if decoder == "pixelcnn" and args.pixelcnn_epochs is not None:
                 epochs = args.pixelcnn_epochs
             for name, options in models.items():
+                if name not in args.models.split(","):
+                    continue
                 spec = TrainSpec(
                     model=FIXED_SCALE_VAE if name == "vae" and fixed else name,
                     dataset=args.dataset,
@@ -322,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
                 use = code_use_nats(model, images, args.elbo_samples, batch_size=batch)
                 row = dict(
                     decoder=decoder,
-                    model=name,
+                    model=f"vae, beta {args.vae_beta:g}"
+                    if name == "vae" and args.vae_beta != 1.0
+                    else name,
                     seed=args.seed,
                     epochs=epochs,
                     posterior_scale=args.posterior_scale,
@@ -371,7 +389,8 @@ def merge_runs(runs: list[dict], out: Path) -> None:
             r["decoder"] != "mlp",
             r["decoder"],
             r.get("posterior_scale", 0.0),
-            r["model"] != "vae",
+            not r["model"].startswith("vae"),
+            r["model"],
             r["epochs"],
             r["seed"],
         )
