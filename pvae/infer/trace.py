@@ -10,6 +10,7 @@ The only contract a user's model must honour is Pyro's own: data sit in a plate 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import Bernoulli, Independent
+from pyro.distributions import Bernoulli, Independent, Normal
 from pyro.infer import TraceEnum_ELBO, TraceTMC_ELBO
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
@@ -416,25 +417,88 @@ def probe_max_plate_nesting(
 
 
 def log_prob(fn: Any, value: torch.Tensor) -> torch.Tensor:
-    """``fn.log_prob(value)``, with one shortcut that gives the same tensor to the bit: for
-    ``Bernoulli(logits=...).to_event(n)`` (the image models' likelihood) the per-pixel
-    cross-entropies are summed over the event dims before they are negated, not negated
-    first, which saves a pass over (and, in training, a backward through) the largest tensor
-    of the step: the logits of every pixel of every sample. (Summation is in the same order;
-    negation commutes with rounding.)"""
-    if (
-        type(fn) is Independent
-        and type(fn.base_dist) is Bernoulli
-        and not fn.base_dist._validate_args
-        and "logits" in fn.base_dist.__dict__
-    ):
-        logits, value = broadcast_all(fn.base_dist.logits, value)
+    """``fn.log_prob(value)``, with shortcuts for the two families of the image models'
+    sites, ``Independent`` or not, that give the same tensor to the bit (the same arithmetic
+    per element; the same reductions in the same order) where gradients are taken:
+
+    - ``Bernoulli(logits=...)`` (the likelihood): the per-pixel cross-entropies are summed
+      over the event dims before they are negated, not negated first, which saves a pass over
+      (and, in training, a backward through) the largest tensor of the step, the logits of
+      every pixel of every sample (negation commutes with rounding). Without gradients
+      (evaluation) the event's density is computed another way, equal to float rounding
+      only (:func:`_bernoulli_event_log_prob`);
+    - ``Normal`` whose parameters are expanded (a prior's ``(D,)`` or a guide's ``(B, D)``
+      broadcast over the data and particle plates) and need no gradient (evaluation, a fixed
+      prior): its variance and log-scale are computed on the parameters before the expansion
+      instead of on tensors of the full ``(K, B, D)`` shape.
+
+    Argument validation runs as in ``log_prob`` where the distribution has it on.
+    """
+    dims = 0
+    base = fn
+    if type(fn) is Independent:
+        dims, base = fn.reinterpreted_batch_ndims, fn.base_dist
+    kind = type(base)
+    if kind is Bernoulli and "logits" in base.__dict__:
+        if base._validate_args:
+            base._validate_sample(value)
+        if dims and not (
+            torch.is_grad_enabled() and (base.logits.requires_grad or value.requires_grad)
+        ):
+            return _bernoulli_event_log_prob(base.logits, value, dims)
+        logits, value = broadcast_all(base.logits, value)
         cross_entropy = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
-        dims = fn.reinterpreted_batch_ndims
         if dims == 0:
             return -cross_entropy
         return -cross_entropy.reshape(cross_entropy.shape[:-dims] + (-1,)).sum(-1)
+    if (
+        kind is Normal
+        and isinstance(base.loc, torch.Tensor)
+        and isinstance(base.scale, torch.Tensor)
+        # Gradients into expanded parameters would be summed in another order (equal only to
+        # float rounding): the shortcut is for parameters without gradients (evaluation,
+        # fixed priors).
+        and not (torch.is_grad_enabled() and (base.loc.requires_grad or base.scale.requires_grad))
+    ):
+        loc, scale = _unexpanded(base.loc), _unexpanded(base.scale)
+        shape = torch.broadcast_shapes(value.shape, base.loc.shape)
+        if (loc is not base.loc or scale is not base.scale) and torch.broadcast_shapes(
+            value.shape, loc.shape, scale.shape
+        ) == shape:
+            if base._validate_args:
+                base._validate_sample(value)
+            var = scale**2
+            log_p = -((value - loc) ** 2) / (2 * var) - scale.log() - _HALF_LOG_2PI
+            return log_p if dims == 0 else log_p.reshape(shape[:-dims] + (-1,)).sum(-1)
     return fn.log_prob(value)
+
+
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+def _bernoulli_event_log_prob(logits: torch.Tensor, value: torch.Tensor, dims: int) -> torch.Tensor:
+    """``Bernoulli(logits).to_event(dims).log_prob(value)`` without gradients, as
+    ``x . logits - sum softplus(logits)`` over the event: one product-sum (a matrix
+    product, broadcast over the samples) and one softplus instead of the cross-entropy's
+    log-sigmoid, ``1 - x`` at the samples' full shape, product and difference. The same
+    value to float rounding (relative ~1e-7: the two sums are rounded separately); about a
+    third of the evaluator's time at K=5000 on MNIST is this density."""
+    logits = logits.reshape(logits.shape[: logits.dim() - dims] + (-1,))
+    value = value.reshape(value.shape[: value.dim() - dims] + (-1,)).to(logits.dtype)
+    return torch.einsum("...p,...p->...", logits, value) - F.softplus(logits).sum(-1)
+
+
+def _unexpanded(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` without its expanded dims (stride 0, size > 1): size 1 there instead; the
+    tensor itself when it has none."""
+    if not any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape, strict=True)):
+        return tensor
+    return tensor[
+        tuple(
+            slice(0, 1) if st == 0 and n > 1 else slice(None)
+            for st, n in zip(tensor.stride(), tensor.shape, strict=True)
+        )
+    ]
 
 
 def site_log_prob(site: dict[str, Any], value: torch.Tensor | None = None) -> torch.Tensor:
