@@ -38,6 +38,7 @@ import torch
 from pvae.data import load_dataset
 from pvae.diagnostics import pareto_khat
 from pvae.evaluation.importance import log_importance_weights, log_likelihood
+from pvae.infer.callbacks import Callback
 from pvae.infer.stein import SteinEncoder, SteinVGD, fitted_gaussian_guide
 from pvae.infer.train import fit
 from pvae.models import build_model
@@ -48,6 +49,19 @@ LABELS = {
     "stein": "Stein VAE (SVGD)",
     "stein_iw": "Stein VIWAE (SVGD, importance weighted)",
 }
+
+
+class LogStats(Callback):
+    """Prints the objective's per-step diagnostics (``SteinVGD.stats``: particle spread,
+    move, norm, tuple ESS) of every ``every``-th step."""
+
+    def __init__(self, objective: SteinVGD, every: int, kind: str) -> None:
+        self.objective, self.every, self.kind = objective, every, kind
+
+    def on_step_start(self, state) -> None:
+        if state.step % self.every == 1 and self.objective.stats:  # the previous step's
+            stats = " ".join(f"{k}={v:.3g}" for k, v in self.objective.stats.items())
+            print(f"{self.kind} step {state.step - 1} of the epoch: {stats}", flush=True)
 
 
 def train(kind: str, args, train_data) -> tuple[object, object, float]:
@@ -87,6 +101,7 @@ def train(kind: str, args, train_data) -> tuple[object, object, float]:
                 encoder.guide,
                 train_data,
                 objective=objective,
+                callbacks=[LogStats(objective, args.log_every, kind)] if args.log_every else [],
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 seed=args.seed,
@@ -138,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--models", nargs="+", default=list(LABELS), choices=list(LABELS), help="rows to run"
+    )
+    parser.add_argument(
+        "--log-every", type=int, default=0, help="print SVGD diagnostics every N steps"
     )
     parser.add_argument("--eval-samples", type=int, default=500)
     parser.add_argument("--khat-samples", type=int, default=200)
