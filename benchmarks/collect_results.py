@@ -12,6 +12,7 @@ ORDER = [
     "throughput_text",
     "distributed",
     "distributed_nll",
+    "distributed_nll_10k",
     "mnist_nll",
     "distributions",
     "zoo",
