@@ -111,8 +111,8 @@ pixels); the guide is a `SteinEncoder` (x and noise in, one particle out). `Stei
 M particles per datum, moves them by one SVGD step, trains the decoder on the moved
 particles and the encoder to follow them. `importance_weighted=True, k=2` is the Stein
 VIWAE: the same particles as M/2 tuples of 2, moved toward the 2-sample importance-weighted
-density (with the Gaussian fitted to the particles standing in for the sampler's density),
-and the decoder trained by the 2-sample bound.""",
+density (with the particles' leave-one-out kernel density standing in for the sampler's
+density), and the decoder trained by the 2-sample bound.""",
     ),
     (
         "code",
