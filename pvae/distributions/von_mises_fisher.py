@@ -272,7 +272,7 @@ def _rejection_sample(kappa_column, d: int, propose, rows=None):
         if pending is None:
             y, accepted = _first_accepted(constants, d, _PROPOSALS_FIRST_ROUND, device, propose)
             pending = _flatnonzero(~accepted, xp)
-            acceptance = 1 - pending.shape[0] / (n * _PROPOSALS_FIRST_ROUND)
+            acceptance = 1 - pending.shape[0] / max(n * _PROPOSALS_FIRST_ROUND, 1)
         else:
             proposals = (
                 _later_round_proposals(pending.shape[0], acceptance)
@@ -289,7 +289,8 @@ def _rejection_sample(kappa_column, d: int, propose, rows=None):
     left = n if pending is None else pending.shape[0]
     raise RuntimeError(
         f"VonMisesFisher.rsample: {left} elements still rejected after "
-        f"{_MAX_REJECTION_ROUNDS} rounds of Wood's sampler; check the concentration values."
+        f"{_MAX_REJECTION_ROUNDS} rounds of the rejection sampler; check the concentration "
+        "values."
     )
 
 

@@ -595,3 +595,12 @@ def test_wood_sampler_moments_at_low_acceptance_without_gamma_proposals():
     second = 1 - (d - 1) * a / kappa
     assert (w.mean() - a).abs() <= Z * w.std() / 200
     assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / 200
+
+
+@pytest.mark.parametrize("d", [5, 64])
+@pytest.mark.parametrize("kappa", [1.0, 1e4])
+def test_vmf_empty_batch(d, kappa):
+    """An empty batch samples an empty tensor (the rejection rounds used to divide by 0)."""
+    loc = _unit(d).expand(0, d)
+    q = VonMisesFisher(loc, torch.full((0,), kappa, dtype=torch.float64))
+    assert q.rsample((3,)).shape == (3, 0, d)
