@@ -345,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where AIS on the test data starts: the guide (recommended: tighter at the same "
         "steps) or the prior (Wu et al.'s setup); BDMC always starts from the prior",
     )
+    diagnose.add_argument(
+        "--ais-schedule",
+        choices=["adaptive", "sigmoid", "linear"],
+        default="adaptive",
+        help="the annealing schedule of AIS and BDMC: adaptive (equal thermodynamic length, "
+        "learned by each run's pilot chains, whose weights are dropped) or the fixed sigmoid "
+        "or linear spacing",
+    )
     diagnose.add_argument("--seed", type=int, default=0, help="random seed")
     diagnose.add_argument("--no-progress", action="store_true", help="hide progress bars")
     diagnose.add_argument(
@@ -645,6 +653,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             ais_start=args.ais_start,
+            ais_schedule=args.ais_schedule,
             distributed=distributed,
         )
     if distributed is not None and not distributed.is_main:

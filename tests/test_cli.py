@@ -543,6 +543,7 @@ def test_diagnose_writes_its_files_and_report_section(run_copy: Path, capsys) ->
     assert code == 0, err
     saved = json.loads((run_copy / "diagnostics.json").read_text())
     assert saved["num_data"] == 4
+    assert saved["ais"]["schedule"] == "adaptive" == saved["bdmc"]["schedule"]  # the default
     # A short table, not the JSON: the ladder, k-hat, BDMC, collapse; the same rows in the report.
     lines = stdout.strip().splitlines()
     assert len(lines) < 25 and lines[0].startswith(f"Diagnostics of {run_copy}: 4 test data")
@@ -558,9 +559,12 @@ def test_diagnose_writes_its_files_and_report_section(run_copy: Path, capsys) ->
     assert f"| ELBO | {elbo['mean']:.2f} ± {elbo['stderr']:.2f} nats |" in report
     for name in names:
         assert f"| {name} | " in report
-    # Running it again replaces the section instead of appending a second one.
-    assert run_cli(argv, capsys)[0] == 0
+    # Running it again replaces the section instead of appending a second one; --ais-schedule
+    # reaches AIS and BDMC.
+    assert run_cli([*argv, "--ais-schedule", "sigmoid"], capsys)[0] == 0
     assert (run_copy / "report.md").read_text().count("## Diagnostics (`pvae diagnose`)") == 1
+    saved = json.loads((run_copy / "diagnostics.json").read_text())
+    assert saved["ais"]["schedule"] == "sigmoid" == saved["bdmc"]["schedule"]
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,7 @@ def bound_ladder(
     ais_chains: int = 16,
     ais_from_guide: bool = False,
     ais_leapfrog_steps: int = 10,
+    ais_schedule: str = "adaptive",
     seed: int | None = None,
     progress: bool = False,
     log_weights: torch.Tensor | None = None,
@@ -122,7 +123,8 @@ def bound_ladder(
     ``num_samples`` (default ``max(ks)``) guide samples per datum are drawn once and split
     into groups for every K. ``ais_steps=None`` skips AIS (the last row is then the largest-K
     bound). AIS starts from the prior as in Wu et al. [2], or from the guide with
-    ``ais_from_guide``. Pass precomputed ``log_weights`` ``(S, N)`` (e.g. from
+    ``ais_from_guide``, with the annealing schedule ``ais_schedule`` (see
+    :func:`~pvae.evaluation.ais.ais_log_likelihood`). Pass precomputed ``log_weights`` ``(S, N)`` (e.g. from
     :func:`pvae.diagnostics.importance_diagnostics`) to reuse them instead of sampling the
     guide again.
     """
@@ -148,6 +150,7 @@ def bound_ladder(
             num_chains=int(ais_chains),
             guide=guide if ais_from_guide else None,
             leapfrog_steps=ais_leapfrog_steps,
+            schedule=ais_schedule,
             seed=seed,
             progress=progress,
         )

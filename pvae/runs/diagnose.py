@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from pvae.evaluation.ais import RUN_SCHEDULES
 from pvae.infer.distributed import SeededShards
 from pvae.runs.folder import write_json
 
@@ -98,6 +99,7 @@ def diagnose_model(
     seed: int | None = 0,
     progress: bool = True,
     ais_start: str = "guide",
+    ais_schedule: str = "adaptive",
     distributed: Any = None,
     sharded: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -115,6 +117,8 @@ def diagnose_model(
         ais_start: where AIS on the test data starts: ``"guide"`` (recommended: a shorter
             annealing path, so a tighter estimate at the same steps) or ``"prior"`` (Wu et
             al.'s setup). BDMC always starts from the prior.
+        ais_schedule: the annealing schedule of AIS and BDMC: ``"adaptive"`` (default: the
+            pilot run's, see :mod:`pvae.evaluation.ais`), ``"sigmoid"`` or ``"linear"``.
         bdmc_data, bdmc_steps: simulated data and steps (default ``ais_steps``) for BDMC
             (0 skips it).
         seed: seeds AIS and BDMC (their randomness only; the global generator is restored).
@@ -139,6 +143,8 @@ def diagnose_model(
         raise ValueError("diagnose_model needs a pvae model with .model and .guide methods")
     if ais_start not in AIS_STARTS:
         raise ValueError(f"ais_start must be one of {AIS_STARTS}, got {ais_start!r}")
+    if ais_schedule not in RUN_SCHEDULES:
+        raise ValueError(f"ais_schedule must be one of {RUN_SCHEDULES}, got {ais_schedule!r}")
     eval_args = getattr(model, "eval_args", None)
     args = tuple(eval_args(batch)) if eval_args is not None else (_tensor(batch),)
     x = args[0]
@@ -189,6 +195,7 @@ def diagnose_model(
             ais_chains=int(ais_chains),
             ais_leapfrog_steps=int(ais_leapfrog_steps),
             ais_start=ais_start,
+            ais_schedule=ais_schedule,
             bdmc_data=simulated if run_ais and bdmc_data else 0,
             bdmc_steps=steps,
             distributed=distributed,
@@ -229,6 +236,7 @@ def diagnose_model(
         ais_chains=int(ais_chains),
         ais_from_guide=ais_start == "guide",
         ais_leapfrog_steps=int(ais_leapfrog_steps),
+        ais_schedule=ais_schedule,
         seed=seed,
         progress=progress,
         log_weights=log_w,
@@ -247,6 +255,7 @@ def diagnose_model(
             "steps": int(ais_steps),
             "chains": int(ais_chains),
             "start": ais_start,
+            "schedule": ais_schedule,
         }
     figure("Bound ladder", "diagnostics_ladder.png", lambda p: plots.plot_bound_ladder(ladder, p))
 
@@ -265,6 +274,7 @@ def diagnose_model(
                         *_rows(extra, 0, simulated),
                         example_x=x[:1],
                         leapfrog_steps=int(ais_leapfrog_steps),
+                        schedule=ais_schedule,
                         seed=seed,
                         progress=progress,
                     )
@@ -282,6 +292,7 @@ def diagnose_model(
                     "num_data": simulated,
                     "steps": steps,
                     "chains": int(ais_chains),
+                    "schedule": ais_schedule,
                     "lower_mean": float(lower.mean()),
                     "upper_mean": float(upper.mean()),
                     "gap_mean": float((upper - lower).mean()),
@@ -323,6 +334,7 @@ def _sharded_work(
     ais_chains: int,
     ais_leapfrog_steps: int,
     ais_start: str,
+    ais_schedule: str,
     bdmc_data: int,
     bdmc_steps: int,
     distributed: Any,
@@ -358,6 +370,7 @@ def _sharded_work(
                     num_chains=ais_chains,
                     guide=model.guide if ais_start == "guide" else None,
                     leapfrog_steps=ais_leapfrog_steps,
+                    schedule=ais_schedule,
                     progress=progress,
                 ).values
             ),
@@ -377,6 +390,7 @@ def _sharded_work(
                 *_rows(extra, lo, hi),
                 example_x=args[0][:1],
                 leapfrog_steps=ais_leapfrog_steps,
+                schedule=ais_schedule,
                 progress=progress,
             )
             return result.lower, result.upper
@@ -517,6 +531,7 @@ def diagnose_run(
     seed: int = 0,
     progress: bool = True,
     ais_start: str = "guide",
+    ais_schedule: str = "adaptive",
     distributed: Any = None,
 ) -> dict[str, Any]:
     """Diagnoses a run folder's model on ``num_data`` test items drawn with ``seed``, writes
@@ -556,6 +571,7 @@ def diagnose_run(
         seed=seed,
         progress=progress,
         ais_start=ais_start,
+        ais_schedule=ais_schedule,
         distributed=distributed,
     )
     if is_main:

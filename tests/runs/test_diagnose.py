@@ -145,3 +145,44 @@ def test_report_holds_the_summary_table_once(tmp_path):
     assert "| ELBO | -95.30 ± 3.10 nats | 6.10 ± 0.25 below AIS (T=100) (paired) |" in report
     assert "| KL(q(z \\| x) \\|\\| p(z)) | 25.04 nats | mean over data |" in report
     assert "- ais skipped: x" in report and "![Bound ladder](ladder.png)" in report
+
+
+def test_the_ais_schedule_reaches_ais_and_bdmc_in_both_paths(tmp_path, monkeypatch):
+    import pytest
+
+    import pvae.evaluation.ais as ais
+    from pvae.models import VAE
+
+    seen = []
+
+    def recording(fn):
+        def wrapper(*args, **kwargs):
+            seen.append((fn.__name__, kwargs.get("schedule")))
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(ais, "ais_log_likelihood", recording(ais.ais_log_likelihood))
+    monkeypatch.setattr(ais, "bdmc", recording(ais.bdmc))
+    with pyro.settings.context(module_local_params=True):
+        vae = VAE(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))
+        x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.3))
+        small = dict(num_samples=60, ks=(1, 10), ais_steps=6, ais_chains=2, bdmc_data=2)
+        small.update(ais_leapfrog_steps=1, progress=False)
+        for sharded in (False, True):
+            seen.clear()
+            metrics, _ = diagnose_model(
+                vae,
+                x,
+                None,
+                tmp_path / str(sharded),
+                ais_schedule="linear",
+                sharded=sharded,
+                **small,
+            )
+            # bdmc runs its own AIS passes: every call, direct or nested, got "linear"
+            assert {name for name, _ in seen} == {"ais_log_likelihood", "bdmc"}
+            assert all(schedule == "linear" for _, schedule in seen), seen
+            assert metrics["ais"]["schedule"] == "linear" == metrics["bdmc"]["schedule"]
+        with pytest.raises(ValueError, match="ais_schedule must be one of"):
+            diagnose_model(vae, x, None, tmp_path / "bad", ais_schedule="cosine", **small)
