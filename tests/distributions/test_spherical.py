@@ -604,3 +604,39 @@ def test_vmf_empty_batch(d, kappa):
     loc = _unit(d).expand(0, d)
     q = VonMisesFisher(loc, torch.full((0,), kappa, dtype=torch.float64))
     assert q.rsample((3,)).shape == (3, 0, d)
+
+
+def _dw_dkappa_with_nodes(y, kappa, d, nodes):
+    """The per-node quadrature of ``_reference_dw_dkappa_and_scale`` with ``nodes``
+    Gauss-Legendre nodes."""
+    tau, weights = vmf_module._gauss_legendre_unit(nodes, y.device)
+    one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa)
+    top = y <= 1
+    delta = torch.where(top, y, 2 - y)
+    sign = torch.where(top, 1.0, -1.0).double()
+    tau2 = tau * tau
+    s_minus_mean = (one_minus_mean - 2 * (~top)).unsqueeze(-1) - sign.unsqueeze(-1) * (
+        delta.unsqueeze(-1) * tau2
+    )
+    log_ratio = (kappa * sign * delta).unsqueeze(-1) * (1 - tau2) + (
+        (d - 2) * torch.log(tau) + (torch.log(2 * delta)).unsqueeze(-1)
+    )
+    log_ratio = log_ratio + 0.5 * (d - 3) * torch.log1p(
+        (delta / (2 - delta)).unsqueeze(-1) * (1 - tau2)
+    )
+    return sign * (torch.exp(log_ratio) * s_minus_mean * weights).sum(-1)
+
+
+@pytest.mark.parametrize("d", [5, 64, 96, 128, 512, 1024])
+@pytest.mark.parametrize("kappa", [0.3, 100.0, 1e3, 1e4])
+def test_implicit_gradient_quadrature_error_against_many_nodes(d, kappa):
+    """dw/dkappa with ``_quadrature_nodes(d)`` nodes against 600 nodes on the same draws:
+    within 1e-10 of the terms' absolute sum (worst measured 2.3e-12 over seeds 0-2; the 32
+    nodes that d = 65-128 took before erred up to 5e-9 of it at d = 128). Relative to the
+    terms, not the value: see ``_implicit_dw_dkappa`` on draws far below the mean."""
+    kappas = torch.full((500,), kappa, dtype=torch.float64)
+    y = vmf_module._sample_one_minus_w_wood(kappas, d)
+    fast = vmf_module._implicit_dw_dkappa(y, kappas, d)
+    reference = _dw_dkappa_with_nodes(y, kappas, d, 600)
+    _, scale = _reference_dw_dkappa_and_scale(y, kappas, d)
+    assert ((fast - reference).abs() <= 1e-10 * scale).all()
