@@ -383,7 +383,7 @@ def main(args: argparse.Namespace) -> str:
             "proposals for 1 - w accepted with probability (1 - (1 - w)/2)^m (acceptance 0.95 "
             "at d = 64, kappa = 1e4, where Wood's is 0.71), one Bessel evaluation per distribution shared by `rsample` and "
             "`log_prob`, unbiased implicit gradient for kappa (32-node Gauss-Legendre per "
-            "sample for d <= 128, 64 above: one exp and one log1p over the (samples, nodes) "
+            "sample for d <= 64, 64 for d <= 512: one exp and one log1p over the (samples, nodes) "
             "grid in torch and one matrix product), the reflection with a hand-written "
             "backward, `log_prob` of the sample `rsample` just returned read from rsample's "
             "scalars with its x and loc gradients folded into rsample's backward (no pass "
