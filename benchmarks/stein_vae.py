@@ -93,6 +93,7 @@ def train(kind: str, args, train_data) -> tuple[object, object, float]:
                     importance_weighted=True,
                     k=args.iw_k,
                     proposal=args.iw_proposal,
+                    control_variate=not args.iw_no_control_variate,
                 )
             else:
                 objective = SteinVGD(num_particles=args.particles, step_size=args.step_size)
@@ -152,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         help="q of the Stein VIWAE's importance weights (SteinVGD's proposal)",
     )
     parser.add_argument(
+        "--iw-no-control-variate",
+        action="store_true",
+        help="the Stein VIWAE's full tuple update (SteinVGD(control_variate=False))",
+    )
+    parser.add_argument(
         "--models", nargs="+", default=list(LABELS), choices=list(LABELS), help="rows to run"
     )
     parser.add_argument(
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         f"and {args.latent_dim}-d noise in, one particle out, M = {args.particles} particles "
         f"per datum, SVGD step {args.step_size}; Stein VIWAE: the same {args.particles} "
         f"particles as {args.particles // args.iw_k} tuples of k = {args.iw_k}, q of the "
-        f"weights: {args.iw_proposal}). Test: {args.test_size:,} statically "
+        f"weights: {args.iw_proposal}, Stein-identity control variate "
+        f"{'off' if args.iw_no_control_variate else 'on'}). Test: {args.test_size:,} statically "
         f"binarized test images (drawn with seed {args.seed}); NLL importance-sampled with "
         f"K = {args.eval_samples} (Stein: proposal = the diagonal Gaussian fitted to 100 "
         "particles per datum, drawn independently of the K samples: a stochastic lower bound "

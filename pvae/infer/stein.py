@@ -49,24 +49,37 @@ Gaussian fitted to the moved particles (k fresh draws per datum), a stochastic l
 log p(x). The weights and scores use the model's unscaled log-density (a ``beta`` scale on a
 site is not applied).
 
-Why the kernel density: with the fitted Gaussian, a member of low weight is pulled to the
-particles' own mean with strength ``1/sd^2`` of their own spread, which a few particles'
-kernel repulsion in 20 dimensions cannot balance; the particles contract, the pull stiffens
-and the SVGD step overshoots (on MNIST, 20-d z and 5 tuples of k = 2: particle sd 0.19 ->
-0.03 in 50 steps while the step grew to 9 times the sd; test NLL 729 after 3 epochs). The
-kernel density's score at a particle has the form of minus the SVGD kernel's repulsion (the
-same RBF kernel, over single particles where SVGD's is over tuples, normalised by the kernel
-sum rather than by M), so the ``(1 - w~)`` part of the target roughly leaves the particles
-where they are, as it should (they *are* q's draws). Its own kernel is left out: with it the tuples kept
-spreading on a Gaussian target (:func:`_kernel_density`).
+The Stein-identity control variate (``control_variate=True``, the default). The tuple score
+is ``grad log q^k + grad log((1/k) sum_i p(x, z^i) / q(z^i))``; the SVGD direction's part
+``E[k(z~', z~) grad log q^k(z~') + grad_z~' k(z~', z~)]`` is zero when the tuples are draws
+of ``q^k`` (Stein's identity; they are: the sampler's particles before the move), so it is
+dropped and only its complement is estimated::
+
+    phi(z~_j) = (1/M) sum_j' k(z~_j', z~_j) [w~_i (grad log p(x, z^i) - grad log q(z^i))]_i
+
+(no kernel repulsion). The expected direction is SVGD's; what goes is the few-particle
+estimate of a zero-mean term, which in 20 dimensions dominated: a low-weight member was
+pulled into the particles' own mean much harder than the kernel's repulsion pushed it out.
+With q the fitted Gaussian the fixed point is ``q = p`` where the family allows (a 20-d
+Gaussian posterior is reached exactly with 5 tuples of k = 2, where plain SVGD's 10 particles
+stop at 0.35 of its sd). ``control_variate=False`` is the full tuple update above.
+
+The estimate of q. Without the control variate, the fitted Gaussian made the update unstable:
+a low-weight member is pulled to the particles' own mean with strength ``1/sd^2`` of their
+own spread, the particles contract, the pull stiffens and the step overshoots (on MNIST, 20-d
+z and 5 tuples of k = 2: particle sd 0.19 -> 0.03 in 50 steps while the step grew to 9 times
+the sd; test NLL 729 after 3 epochs); the leave-one-out kernel density slows that contraction
+(its own kernel left out: with it the tuples kept spreading on a Gaussian target,
+:func:`_kernel_density`). With the control variate the fitted Gaussian no longer collapses
+but its weights degenerate on MNIST (ESS ~1.15 of 2) and the bound fell in the second epoch,
+while the kernel density trained as well as the plain Stein VAE
+(``benchmarks/results/stein_vae.md``), hence the defaults ``proposal="kde"`` with
+``control_variate=True``.
 
 .. note:: Pu et al.'s method section was not readable in the stored copies of [1] (only its
    opening is stored); the tuple target above and the weighted decoder gradient follow their
-   abstract and Burda et al.'s bound; both estimates of ``q`` are this library's choices.
-
-.. warning:: On MNIST (``benchmarks/results/stein_vae.md``) the importance-weighted variant
-   trains with the kernel density (test NLL 158.8 after 3 epochs of 20,000 images) but stays
-   well behind the plain Stein VAE (121.4) at that budget; the reason is not established.
+   abstract and Burda et al.'s bound; the estimates of ``q`` and the control variate are this
+   library's choices.
 
 Limits: KL annealing does not apply (``weights_latents`` is false).
 
@@ -128,7 +141,10 @@ def median_bandwidth(particles: torch.Tensor) -> torch.Tensor:
 
 
 def svgd_direction(
-    particles: torch.Tensor, score: torch.Tensor, bandwidth: torch.Tensor | None = None
+    particles: torch.Tensor,
+    score: torch.Tensor,
+    bandwidth: torch.Tensor | None = None,
+    repulsion: bool = True,
 ) -> torch.Tensor:
     """The SVGD direction of every particle, per datum [2]::
 
@@ -136,7 +152,8 @@ def svgd_direction(
 
     ``particles`` and ``score`` (``grad_z log p``) are ``(M, B, D)``; ``k`` is the RBF kernel
     ``exp(-||z - z'||^2 / h)`` over each datum's particles; ``bandwidth`` ``(B,)`` defaults to
-    :func:`median_bandwidth`. Returns ``(M, B, D)``.
+    :func:`median_bandwidth`; ``repulsion=False`` leaves out the kernel-gradient term (the
+    kernel-weighted average of ``score`` alone). Returns ``(M, B, D)``.
     """
     m = particles.shape[0]
     z = particles.transpose(0, 1)  # (B, M, D)
@@ -146,9 +163,11 @@ def svgd_direction(
     difference = z.unsqueeze(2) - z.unsqueeze(1)  # (B, M_j', M_j, D): z_j' - z_j
     kernel = torch.exp(-difference.pow(2).sum(-1) / h)  # (B, M_j', M_j)
     attraction = torch.einsum("bkj,bkd->bjd", kernel, s)
+    if not repulsion:
+        return (attraction / m).transpose(0, 1)
     # grad_{z_j'} k(z_j', z_j) = -2 (z_j' - z_j) k / h: pushes z_j away from its neighbours
-    repulsion = -(2.0 / h) * torch.einsum("bkj,bkjd->bjd", kernel, difference)
-    return ((attraction + repulsion) / m).transpose(0, 1)
+    push = -(2.0 / h) * torch.einsum("bkj,bkjd->bjd", kernel, difference)
+    return ((attraction + push) / m).transpose(0, 1)
 
 
 def importance_weighted_score(
@@ -266,7 +285,9 @@ class SteinVGD(Objective):
         k: samples per tuple of the importance-weighted variant (the bound's k).
         proposal: the importance-weighted variant's estimate of ``q``: ``"kde"`` (the
             particles' leave-one-out kernel density) or ``"gaussian"`` (the diagonal Gaussian
-            fitted to them; contracted and diverged on MNIST, module docstring).
+            fitted to them; module docstring).
+        control_variate: drop the zero-mean (Stein's identity) ``q^k`` part of the tuple
+            update, keeping the kernel-weighted ``w~ grad log(p / q)`` (module docstring).
 
     After each call ``stats`` holds the step's diagnostics (particle spread, move, norm and,
     importance weighted, the tuples' effective sample size; see ``_record``).
@@ -282,6 +303,7 @@ class SteinVGD(Objective):
         importance_weighted: bool = False,
         k: int = 5,
         proposal: str = "kde",
+        control_variate: bool = True,
     ):
         super().__init__(num_particles)
         if self.num_particles < 2:
@@ -291,7 +313,7 @@ class SteinVGD(Objective):
         self.importance_weighted, self.k = bool(importance_weighted), int(k)
         if proposal not in ("kde", "gaussian"):
             raise ValueError(f"proposal must be 'kde' or 'gaussian', got {proposal!r}")
-        self.proposal = proposal
+        self.proposal, self.control_variate = proposal, bool(control_variate)
         if not (step_size > 0 and math.isfinite(step_size)):
             raise ValueError(f"step_size must be a positive number, got {step_size}")
         if int(svgd_steps) < 1:
@@ -364,14 +386,25 @@ class SteinVGD(Objective):
                 log_q = proposal(leaf)
                 (proposal_score,) = torch.autograd.grad(log_q.sum(), leaf)
             log_w = log_p.detach() - log_q.detach()
-            tuple_score = importance_weighted_score(
-                score.reshape(m, k, *score.shape[1:]),
-                proposal_score.reshape(m, k, *moved.shape[1:]),
-                log_w.reshape(m, k, -1),
-            )
-            direction = svgd_direction(
-                _tuples(moved, m, k), _tuples(tuple_score.reshape(moved.shape), m, k)
-            )
+            if self.control_variate:
+                # The q^k part of the tuple score with the kernel's gradient has expectation
+                # zero under the tuples' law (Stein's identity): only w~ (grad log p/q) stays.
+                weights = torch.softmax(log_w.reshape(m, k, -1), dim=1).unsqueeze(-1)
+                difference = (score - proposal_score).reshape(m, k, *moved.shape[1:])
+                direction = svgd_direction(
+                    _tuples(moved, m, k),
+                    _tuples((weights * difference).reshape(moved.shape), m, k),
+                    repulsion=False,
+                )
+            else:
+                tuple_score = importance_weighted_score(
+                    score.reshape(m, k, *score.shape[1:]),
+                    proposal_score.reshape(m, k, *moved.shape[1:]),
+                    log_w.reshape(m, k, -1),
+                )
+                direction = svgd_direction(
+                    _tuples(moved, m, k), _tuples(tuple_score.reshape(moved.shape), m, k)
+                )
             moved = moved + self.step_size * _untuples(direction, k)
         # The model: the k-sample bound at the moved tuples (gradient sum_i w_i grad log p).
         log_w_moved = self._log_joint(vmodel, sites, moved, args, kwargs) - proposal(moved)

@@ -56,6 +56,9 @@ class SteinVAEConfig(ImageConfig):
     iw_proposal: str = option(
         "kde", "q of the importance weights: 'kde' (of the particles) or 'gaussian' (fitted)"
     )
+    iw_control_variate: bool = option(
+        True, "drop the zero-mean (Stein's identity) q part of the tuple update"
+    )
     fit_particles: int = option(100, "particles the evaluation Gaussian is fitted to", convert=int)
 
     def validate(self) -> None:
@@ -120,6 +123,7 @@ class SteinVAE(StandardNormalPrior):
             importance_weighted=config.importance_weighted,
             k=config.iw_k,
             proposal=config.iw_proposal,
+            control_variate=config.iw_control_variate,
         )
         return {"guide": self.sampler.guide, "objective": objective, "valid_data": None}
 
