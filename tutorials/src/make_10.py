@@ -112,7 +112,8 @@ M particles per datum, moves them by one SVGD step, trains the decoder on the mo
 particles and the encoder to follow them. `importance_weighted=True, k=2` is the Stein
 VIWAE: the same particles as M/2 tuples of 2, moved toward the 2-sample importance-weighted
 density (with the particles' leave-one-out kernel density standing in for the sampler's
-density), and the decoder trained by the 2-sample bound.""",
+density, and the part of the SVGD direction that is zero in expectation by Stein's identity
+left out), and the decoder trained by the 2-sample bound.""",
     ),
     (
         "code",
