@@ -27,7 +27,7 @@ collapses towards zero, while ACN's codes stay informative.
 The test images are ``--eval-size`` drawn at random (seed ``--eval-seed``) from the test
 split, every number above on the same ones; the runner's own test evaluation (the first
 images, one sample) is not used. Rows can be run separately (``--decoders``, ``--seed``,
-``--pixelcnn-epochs``), each run saving its rows with ``--rows FILE.json``, and merged into
+``--pixelcnn-epochs``, ``--posterior-scale``, ``--models``, ``--vae-beta``), each run saving its rows with ``--rows FILE.json``, and merged into
 one table with ``--merge``; the merged runs must agree on everything else.
 
 ``--speed`` measures instead (a) one epoch of ACN on the 60,000 MNIST training images, with
@@ -38,6 +38,8 @@ chunked search against faiss (``faiss-cpu``, when installed) on synthetic codes.
         --pixelcnn-layers 3 --pixelcnn-channels 16
     python benchmarks/acn.py --decoders mlp --seed 1 --rows mlp_1.json ...
     python benchmarks/acn.py --merge mlp_0.json mlp_1.json pixelcnn_0.json
+    python benchmarks/acn.py --posterior-scale 1 ...   # the paper's unit-variance q(z | x)
+    python benchmarks/acn.py --models vae --vae-beta 0.1 ...   # what a cheap code is worth
     python benchmarks/acn.py --speed
 
 References:

@@ -18,7 +18,8 @@ with ``c_n = mu_phi(x_n)`` the guide's mean code and ``KNN_K`` the K nearest cod
 Guide: ``q(z_n | x_n) = Normal(mu_phi(x_n), diag sigma_phi(x_n)^2)``, as in the VAE; or, with
 ``posterior_scale = s > 0``, ``Normal(mu_phi(x_n), s^2 I)`` (``s = 1``: the paper's
 unit-variance codes, whose only free parameter is the mean: the KL to the neighbour's prior
-cannot be lowered by widening the posterior).
+cannot be lowered by widening the posterior, only by drawing the means together, which a
+PixelCNN decoder still does: ``benchmarks/results/acn.md``).
 
 - The **memory** is a buffer of the model (``memory``, ``(N, D)``), so checkpoints hold it and
   a resumed run continues exactly. The guide writes the codes of a training batch's data into
