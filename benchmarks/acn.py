@@ -27,8 +27,9 @@ collapses towards zero, while ACN's codes stay informative.
 The test images are ``--eval-size`` drawn at random (seed ``--eval-seed``) from the test
 split, every number above on the same ones; the runner's own test evaluation (the first
 images, one sample) is not used. Rows can be run separately (``--decoders``, ``--seed``,
-``--pixelcnn-epochs``, ``--posterior-scale``, ``--models``, ``--vae-beta``), each run saving its rows with ``--rows FILE.json``, and merged into
-one table with ``--merge``; the merged runs must agree on everything else.
+``--pixelcnn-epochs``, ``--posterior-scale``, ``--models``, ``--vae-beta``), each run saving
+its rows with ``--rows FILE.json``, and merged into one table with ``--merge``; the merged
+runs must agree on everything else.
 
 ``--speed`` measures instead (a) one epoch of ACN on the 60,000 MNIST training images, with
 the share of its time spent re-encoding the memory and searching neighbours, and (b) the exact
