@@ -12,9 +12,10 @@ likelihood, batch 128, Adam) is trained with three objectives, each by
   (the cached scoring plan after the first step), ``fit``'s optimizer
   (``pvae.infer.train.make_adam``: fused Adam where torch has it), the finiteness check of the
   loss and the bound summed on the device;
-- ``pvae generic``: the step before issue 17: pvae's objective without its cached plan
-  (``cache_structure=False``; the data range checked in the model and again in the guide)
-  and torch's default Adam;
+- ``pvae generic``: close to the step before issue 17: pvae's objective without its cached
+  plan (``cache_structure=False``), the data range checked in the model and again in the
+  guide, torch's default Adam (only the densities of ``pvae.infer.trace.log_prob`` are the
+  new ones);
 - ``pvae fit()``: for the ELBO, ``pvae.infer.fit`` itself, one epoch per block (its
   per-call set-up, first generic step and epoch end included);
 - ``pyro``: Pyro's own ELBO on the same model/guide where Pyro has one
