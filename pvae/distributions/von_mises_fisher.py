@@ -397,7 +397,7 @@ def _implicit_dw_dkappa(
 # up to 3, 1e-10 at 4, 2e-9 at 5, 1e-6 at 6, 1 at 8) ...
 _TAIL_MIN_SLOPE_SDS = 2.0
 # ... and whose ``slope * (1 + w)`` (the Laguerre variable at s = -1, where the density ends)
-# is at least this: the nodes beyond it are dropped, a truncation of exp(-40) relative.
+# is at least this: the nodes beyond it are clipped there, an error below exp(-40) relative.
 _TAIL_MIN_DECAY = 40.0
 _TAIL_NODES = 32
 
@@ -439,9 +439,9 @@ def _implicit_dw_dkappa_lower_tail(y, kappa, one_minus_mean, d: int, xp):
     numpy's per-call cost is what counts on CPU)."""
     nodes, matrix = _gauss_laguerre(_TAIL_NODES, None if xp is np else _device_of(y))
     # g = m (log1p(alpha t - beta t^2) - alpha t), alpha = 2 w / (1 - w^2), beta = 1 / (1 - w^2)
-    # (one log1p), scaled by t = x / lambda here; the argument of log1p reaches -1 at s = -1. Nodes past it are
-    # clipped instead of dropped: their weights are below exp(-_TAIL_MIN_DECAY), and the
-    # factor exp(g) <= 1.
+    # (one log1p), alpha and beta scaled here to x = lambda t. The argument of log1p reaches -1
+    # at s = -1: nodes past it are clipped rather than dropped, as their weights are below
+    # exp(-_TAIL_MIN_DECAY) and exp(g) <= 1.
     one_minus_w2 = y * (2 - y)
     inv_slope = 1 / (kappa - (d - 3) * (1 - y) / one_minus_w2)
     alpha = (2 * (1 - y) / one_minus_w2 * inv_slope)[:, None]
