@@ -302,5 +302,9 @@ def build() -> nbformat.NotebookNode:
 
 
 if __name__ == "__main__":
-    nbformat.write(build(), NOTEBOOK)
+    notebook = build()
+    # Stable cell ids, so that regenerating an unchanged notebook gives an identical file.
+    for index, cell in enumerate(notebook.cells):
+        cell["id"] = f"cell-{index:02d}"
+    nbformat.write(notebook, NOTEBOOK)
     print(f"wrote {NOTEBOOK}")
