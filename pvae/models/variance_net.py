@@ -41,6 +41,14 @@ levels (``binarize=None``) as the authors do.
 ``metrics`` reports the test accuracy of one sample, of ``eval_ensemble`` samples, and with the
 noise off (every variance layer outputs its bias alone: chance level, the paper's point).
 
+Against the authors' code: with the same parameters and noise, the loss ``fit`` minimises and
+its gradients are those of their ``SGVLB`` for ``lenet5-vn.py --var1 --var2 --var3``
+(``tests/nets/test_variance.py``), and their script, run beside ours at the same budget (3
+epochs of 20,000 images), learns as slowly (0.787 / 0.780 test accuracy with 10 samples at two
+seeds against ours 0.781; plain LeNet-5 0.983). The slowness grows with the number of stacked
+variance layers: one alone is within 0.01 of the plain network after 3 epochs, two convolutions
+reach 0.93 (``benchmarks/results/variance_layers.md``).
+
 References:
     [1] Neklyudov, Molchanov, Ashukha, Vetrov. Variance Networks: When Expectation Does Not
         Meet Your Expectations. ICLR 2019. arXiv:1803.03764 (code:
