@@ -27,9 +27,11 @@ collapses towards zero, while ACN's codes stay informative.
 The test images are ``--eval-size`` drawn at random (seed ``--eval-seed``) from the test
 split, every number above on the same ones; the runner's own test evaluation (the first
 images, one sample) is not used. Rows can be run separately (``--decoders``, ``--seed``,
-``--pixelcnn-epochs``, ``--posterior-scale``, ``--models``, ``--vae-beta``), each run saving
-its rows with ``--rows FILE.json``, and merged into one table with ``--merge``; the merged
-runs must agree on everything else.
+``--pixelcnn-epochs``, ``--posterior-scale``, ``--models``, ``--vae-beta``,
+``--prior-network``), each run saving its rows with ``--rows FILE.json``, and merged into one
+table with ``--merge``; the merged runs must agree on everything else. ``--prior-network
+paper`` gives ACN the paper's prior network (3 x 512 tanh units, skips from the input to every
+hidden layer and from every hidden layer to the output; rows ``acn, paper prior``).
 
 ``--speed`` measures instead (a) one epoch of ACN on the 60,000 MNIST training images, with
 the share of its time spent re-encoding the memory and searching neighbours, and (b) the exact
@@ -41,6 +43,7 @@ chunked search against faiss (``faiss-cpu``, when installed) on synthetic codes.
     python benchmarks/acn.py --merge mlp_0.json mlp_1.json pixelcnn_0.json
     python benchmarks/acn.py --posterior-scale 1 ...   # the paper's unit-variance q(z | x)
     python benchmarks/acn.py --models vae --vae-beta 0.1 ...   # what a cheap code is worth
+    python benchmarks/acn.py --models acn --prior-network paper ...   # 3 x 512 tanh, skips
     python benchmarks/acn.py --speed
 
 References:
@@ -92,7 +95,12 @@ PER_RUN = (
     "posterior_scale",
     "models",
     "vae_beta",
+    "prior_network",
 )
+# The paper's prior network, as quoted in johannah/ACN's acn_models.py: "an MLP with three
+# hidden layers each containing 512 tanh units, and skip connections from the input to all
+# hidden layers and all hiddens to the output layer".
+PAPER_PRIOR = {"prior_hidden": [512, 512, 512], "prior_activation": "tanh", "prior_skips": True}
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,14 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="KL weight of the VAE rows (< 1: how much the decoder gains from a cheaper code)",
     )
+    parser.add_argument(
+        "--prior-network",
+        choices=("ours", "paper"),
+        default="ours",
+        help="ACN's prior network: ours (one hidden layer of --hidden units, the model's "
+        "activation) or the paper's (3 x 512 tanh, skips from the input to every hidden layer "
+        "and from every hidden layer to the output)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--rows", default=None, help="also save this run's rows (JSON)")
@@ -285,7 +301,11 @@ def main(argv: list[str] | None = None) -> None:
                     **shared,
                     **architecture,
                     **fixed,
-                    "prior_hidden": [args.hidden],
+                    **(
+                        PAPER_PRIOR
+                        if args.prior_network == "paper"
+                        else {"prior_hidden": [args.hidden]}
+                    ),
                     "neighbours": args.neighbours,
                     "components": args.components,
                 },
@@ -343,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                     decoder=decoder,
                     model=f"vae, beta {args.vae_beta:g}"
                     if name == "vae" and args.vae_beta != 1.0
+                    else "acn, paper prior"
+                    if name == "acn" and args.prior_network == "paper"
                     else name,
                     seed=args.seed,
                     epochs=epochs,

@@ -32,7 +32,9 @@ PixelCNN decoder still does: ``benchmarks/results/acn.md``).
   (:func:`faiss_nearest_neighbours`, the optional ``faiss-cpu``), with the same results.
 - The **prior network** (:class:`ConditionalPrior`) is an MLP from ``z'`` to a mixture of
   diagonal Gaussians (``components``; one component is a Gaussian, whose KL is analytic; the
-  mixture's is estimated by Monte Carlo, which pvae's ELBO does by itself).
+  mixture's is estimated by Monte Carlo, which pvae's ELBO does by itself); with
+  ``prior_skips`` and ``prior_hidden=512,512,512``, ``prior_activation=tanh``, the paper's
+  (the input to every hidden layer, every hidden layer to the output).
 - **Sampling** draws the first code ``z'`` from the unconditional ``Normal(0, I)``, then
   ``z ~ p(z | z')``, and decodes.
 - **Daydreaming** (:meth:`ACN.daydream`, [1] Sec. 3.3): from a code ``c_0`` (a training
@@ -88,7 +90,7 @@ from pvae.models.base import ReportItem, ints, option
 from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
-from pvae.nets import GaussianMLP, mlp, numel
+from pvae.nets import ACTIVATIONS, GaussianMLP, mlp, numel
 from pvae.nets.pixelcnn import PixelCNN, check_pixelcnn_options
 
 __all__ = [
@@ -222,19 +224,50 @@ SEARCHES = {"exact": nearest_neighbours, "faiss": faiss_nearest_neighbours}
 class ConditionalPrior(nn.Module):
     """``p(z | z')``: an MLP from the neighbour's code ``z'`` ``(..., D)`` to a mixture of
     ``components`` diagonal Gaussians over ``z`` (batch shape ``(...)``, event ``(D,)``);
-    with one component, a diagonal Gaussian (whose KL to a Gaussian guide is analytic)."""
+    with one component, a diagonal Gaussian (whose KL to a Gaussian guide is analytic).
+
+    With ``skips``, the paper's prior network ([1], as quoted in johannah/ACN: "an MLP with three hidden layers
+    each containing 512 tanh units, and skip connections from the input to all hidden layers
+    and all hiddens to the output layer"): hidden layer ``i`` reads ``z'`` and layer
+    ``i - 1``'s output, ``h_i = act(W_i [z', h_{i-1}] + b_i)`` (``h_1 = act(W_1 z' + b_1)``),
+    and the output layer reads every hidden layer, ``W_o [h_1, ..., h_L] + b_o``."""
 
     def __init__(
-        self, latent_dim: int, hidden: Iterable[int], components: int, activation: str
+        self,
+        latent_dim: int,
+        hidden: Iterable[int],
+        components: int,
+        activation: str,
+        skips: bool = False,
     ) -> None:
         super().__init__()
-        self.latent_dim, self.components = latent_dim, components
-        self.net = mlp([latent_dim, *hidden, components * (1 + 2 * latent_dim)], activation)
+        self.latent_dim, self.components, self.skips = latent_dim, components, skips
+        hidden = list(hidden)
+        outputs = components * (1 + 2 * latent_dim)
+        if skips:
+            inputs = [latent_dim] + [latent_dim + h for h in hidden[:-1]]
+            self.hidden_layers = nn.ModuleList(
+                nn.Linear(a, b) for a, b in zip(inputs, hidden, strict=True)
+            )
+            self.output_layer = nn.Linear(sum(hidden), outputs)
+            self.activation = ACTIVATIONS[activation]()
+        else:
+            self.net = mlp([latent_dim, *hidden, outputs], activation)
+
+    def features(self, code: torch.Tensor) -> torch.Tensor:
+        """The network's output ``(..., M (1 + 2 D))``: logits, locations, raw scales."""
+        if not self.skips:
+            return self.net(code)
+        hiddens: list[torch.Tensor] = []
+        for layer in self.hidden_layers:
+            inputs = code if not hiddens else torch.cat([code, hiddens[-1]], -1)
+            hiddens.append(self.activation(layer(inputs)))
+        return self.output_layer(torch.cat(hiddens, -1))
 
     def parameters_of(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mixture logits ``(..., M)``, locations and scales ``(..., M, D)``."""
         m, d = self.components, self.latent_dim
-        logits, loc, raw_scale = self.net(code).split([m, m * d, m * d], dim=-1)
+        logits, loc, raw_scale = self.features(code).split([m, m * d, m * d], dim=-1)
         shape = (*code.shape[:-1], m, d)
         return logits, loc.reshape(shape), F.softplus(raw_scale.reshape(shape)) + 1e-4
 
@@ -280,6 +313,16 @@ class ACNConfig(ImageConfig):
     prior_hidden: tuple[int, ...] = option(
         (400,), "hidden layer sizes of the prior network", convert=ints
     )
+    prior_activation: str = option(
+        "", "activation of the prior network's hidden layers (empty: the model's activation)"
+    )
+    prior_skips: bool = option(
+        False,
+        "skip connections in the prior network: the input to every hidden layer, every "
+        "hidden layer to the output (the paper's prior network: prior_hidden 512,512,512, "
+        "prior_activation tanh)",
+        convert=bool,
+    )
     search_chunk: int = option(
         4096, "queries and memory rows compared at once by the neighbour search", convert=int
     )
@@ -309,6 +352,11 @@ class ACNConfig(ImageConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if any(h < 1 for h in self.prior_hidden):
             raise ValueError(f"prior_hidden sizes must be positive, got {list(self.prior_hidden)}")
+        if self.prior_activation and self.prior_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown prior_activation {self.prior_activation!r}; choose from "
+                f"{sorted(ACTIVATIONS)} (or empty: the model's activation)"
+            )
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
         if self.architecture not in ("mlp", "pixelcnn"):
@@ -327,7 +375,9 @@ class ACN(StandardNormalPrior):
 
     Options (:class:`ACNConfig`): those of every image model (``input_shape``, ``latent_dim``
     D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``), ``neighbours``
-    K, ``components`` of the prior mixture, ``prior_hidden``, ``search_chunk``, ``search``
+    K, ``components`` of the prior mixture, the prior network's ``prior_hidden``,
+    ``prior_activation`` and ``prior_skips`` (the paper's: ``512,512,512``, ``tanh``,
+    skips), ``search_chunk``, ``search``
     (``exact`` or ``faiss``), the decoder ``architecture`` (``mlp`` or ``pixelcnn``, with
     ``pixelcnn_layers`` and ``pixelcnn_channels``) and ``posterior_scale`` (0: learned
     scales; ``s > 0``: ``q(z | x) = Normal(mu(x), s^2 I)``).
@@ -352,7 +402,11 @@ class ACN(StandardNormalPrior):
         else:
             self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
         self.conditional_prior = ConditionalPrior(
-            self.latent_dim, config.prior_hidden, config.components, config.activation
+            self.latent_dim,
+            config.prior_hidden,
+            config.components,
+            config.prior_activation or config.activation,
+            skips=config.prior_skips,
         )
         self.likelihood = Likelihood(config.likelihood, self.input_shape)
         self.register_buffer("memory", torch.zeros(0, self.latent_dim))

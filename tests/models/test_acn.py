@@ -66,12 +66,15 @@ def test_search_rejects_too_many_neighbours():
         nearest_neighbours(memory, memory, 4, exclude=torch.arange(4))
 
 
+@pytest.mark.parametrize(
+    "hidden, activation, skips", [([8], "relu", False), ([8, 8, 8], "tanh", True)]
+)
 @pytest.mark.parametrize("components", [1, 3])
-def test_prior_density_integrates_to_one_on_a_grid(components):
+def test_prior_density_integrates_to_one_on_a_grid(components, hidden, activation, skips):
     """Midpoint rule over a box holding the mixture's mass to ~1e-12: its error for a
     Gaussian of scale s is at most h^2 / (24 s^2) per dimension (f'' = (u^2 - 1) f / s^2)."""
     torch.manual_seed(0)
-    prior = ConditionalPrior(2, [8], components, "relu").double()
+    prior = ConditionalPrior(2, hidden, components, activation, skips=skips).double()
     code = torch.randn(2, dtype=torch.float64)
     _, loc, scale = prior.parameters_of(code)
     low = (loc - 8 * scale).min().item()
@@ -94,6 +97,106 @@ def test_prior_samples_follow_the_mixture_moments():
     mixture = prior(code[:1])
     standard_error = mixture.variance.sqrt() / math.sqrt(len(samples))
     assert torch.all((samples.mean(0) - mixture.mean[0]).abs() < 5 * standard_error[0])
+
+
+# -- the paper's prior network: tanh layers with skip connections -------------------------------
+def _skip_prior(hidden=(5, 6, 7), components=2, latent_dim=3):
+    torch.manual_seed(0)
+    return ConditionalPrior(latent_dim, hidden, components, "tanh", skips=True).double()
+
+
+def test_skip_prior_layers_read_the_input_and_the_output_reads_every_hidden_layer():
+    prior = _skip_prior()
+    d, m = 3, 2
+    assert [layer.in_features for layer in prior.hidden_layers] == [d, d + 5, d + 6]
+    assert [layer.out_features for layer in prior.hidden_layers] == [5, 6, 7]
+    assert prior.output_layer.in_features == 5 + 6 + 7
+    assert prior.output_layer.out_features == m * (1 + 2 * d)
+    code = torch.randn(4, 3, d, dtype=torch.float64)
+    # A reference forward pass written out layer by layer.
+    (w1, b1), (w2, b2), (w3, b3) = [(layer.weight, layer.bias) for layer in prior.hidden_layers]
+    h1 = torch.tanh(code @ w1.T + b1)
+    h2 = torch.tanh(code @ w2[:, :d].T + h1 @ w2[:, d:].T + b2)
+    h3 = torch.tanh(code @ w3[:, :d].T + h2 @ w3[:, d:].T + b3)
+    wo, bo = prior.output_layer.weight, prior.output_layer.bias
+    expected = h1 @ wo[:, :5].T + h2 @ wo[:, 5:11].T + h3 @ wo[:, 11:].T + bo
+    torch.testing.assert_close(prior.features(code), expected)
+    logits, loc, scale = prior.parameters_of(code)
+    assert logits.shape == (4, 3, m) and loc.shape == scale.shape == (4, 3, m, d)
+    assert prior(code).batch_shape == (4, 3) and prior(code).event_shape == (d,)
+    assert torch.all(scale > 0)
+
+
+def _input_gradient(prior, code):
+    code = code.clone().requires_grad_(True)
+    prior.features(code).sum().backward()
+    return code.grad
+
+
+def test_skip_connections_carry_the_input_past_zeroed_layers():
+    """Cut the chain of hidden layers and the input still reaches the output: through the
+    input-to-hidden skips (every layer's hidden-to-hidden weights and the first layer zeroed,
+    the output reading only the last layer) and through the hidden-to-output skips (the last
+    layer zeroed). Without the skips each of these networks would be constant in its input."""
+    code = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    prior = _skip_prior()
+    with torch.no_grad():
+        first, *rest = prior.hidden_layers
+        first.weight.zero_()
+        for layer in rest:
+            layer.weight[:, 3:] = 0.0  # the columns reading the previous hidden layer
+        prior.output_layer.weight[:, : 5 + 6] = 0.0  # the output reads the last layer only
+    assert _input_gradient(prior, code).abs().min() > 0
+    with torch.no_grad():
+        rest[-1].weight[:, :3] = 0.0  # ... and the last layer's skip from the input: cut
+    assert torch.equal(_input_gradient(prior, code), torch.zeros_like(code))
+
+    prior = _skip_prior()
+    with torch.no_grad():
+        prior.hidden_layers[-1].weight.zero_()
+    assert _input_gradient(prior, code).abs().min() > 0
+    with torch.no_grad():
+        prior.output_layer.weight[:, : 5 + 6] = 0.0  # the skips from layers 1 and 2: cut
+    assert torch.equal(_input_gradient(prior, code), torch.zeros_like(code))
+
+
+def test_acn_builds_the_papers_prior_network_and_keeps_the_default():
+    """``prior_skips``/``prior_activation`` reach the prior network; the default network is
+    the plain MLP of the model's activation, its parameters unchanged."""
+    default = _tiny_acn()
+    assert not default.conditional_prior.skips
+    assert isinstance(default.conditional_prior.net[1], torch.nn.ReLU)
+    assert {k for k in default.state_dict() if k.startswith("conditional_prior.")} == {
+        "conditional_prior.net.0.weight",
+        "conditional_prior.net.0.bias",
+        "conditional_prior.net.2.weight",
+        "conditional_prior.net.2.bias",
+    }
+    paper = ACN(
+        input_shape=(1, 4, 4),
+        latent_dim=2,
+        hidden=[8],
+        prior_hidden=[6, 6, 6],
+        prior_activation="tanh",
+        prior_skips=True,
+        neighbours=3,
+    )
+    prior = paper.conditional_prior
+    assert prior.skips and isinstance(prior.activation, torch.nn.Tanh)
+    assert [layer.in_features for layer in prior.hidden_layers] == [2, 8, 8]
+    # The model and guide run with it: a finite ELBO on a training batch.
+    import pyro
+
+    data = _tiny_data()
+    setup = paper.training_setup(data, seed=0)
+    paper.refresh_memory(data)
+    x, _, index = next(setup["train_data"].batches(6, generator=torch.Generator().manual_seed(0)))
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(paper.model, paper.guide, x, index)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert prior.hidden_layers[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="prior_activation"):
+        ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_activation="gelu")
 
 
 def _tiny_data(n=20, binarize=None, seed=0):
