@@ -438,6 +438,8 @@ def write_results(
     def scale_name(value):
         return f"{value:g}" if value else "learned"
 
+    paper_prior = any(r["model"] == "acn, paper prior" for r in rows)
+
     lines = [
         "# ACN beside a VAE with the same networks: how informative the codes are",
         "",
@@ -456,8 +458,15 @@ def write_results(
         "learned scales, or with every scale fixed at the `q scale` column's value "
         "(`posterior_scale`; the paper's unit-variance codes: 1; the VAE then "
         f"`{FIXED_SCALE_VAE}`, this benchmark's VAE with that option). ACN's prior network "
-        f"{args.latent_dim}-{args.hidden}-mixture of {args.components} Gaussians, K = "
-        f"{args.neighbours}. Test set: {args.eval_size} test images drawn at random (seed "
+        f"{args.latent_dim}-{args.hidden}-mixture of {args.components} Gaussians"
+        + (
+            f" (rows `acn, paper prior`: the paper's, {args.latent_dim}-512-512-512 tanh with "
+            "skips from the input to every hidden layer and from every hidden layer to the "
+            f"output, to a mixture of {args.components})"
+            if paper_prior
+            else ""
+        )
+        + f", K = {args.neighbours}. Test set: {args.eval_size} test images drawn at random (seed "
         f"{args.eval_seed}), the same for every row. Test NLL: importance sampling with "
         f"{args.eval_samples} samples.",
         "",
@@ -513,7 +522,9 @@ def write_results(
         "johannah/ACN's acn_models.py and the derived scripts); its output distribution is not "
         "quoted anywhere we found (johannah/ACN: one diagonal Gaussian; one derived script: a "
         "mixture of 8, unsourced). Ours: one hidden layer of "
-        f"{args.hidden} ReLU units, a mixture of {args.components}. (3) K: 5 in every "
+        f"{args.hidden} ReLU units, a mixture of {args.components}"
+        + ("; the paper's in the `acn, paper prior` rows" if paper_prior else "")
+        + ". (3) K: 5 in every "
         "reimplementation; the paper's value not found. (4) Code size: 'size of z is 16 for "
         "mnist, 128 for others' in the derived scripts, an implementer's note, not a quotation. "
         "(5) The decoder, code size, training length and binarization behind "
