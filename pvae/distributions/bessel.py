@@ -228,14 +228,25 @@ def _debye_monomial_table(order: float, dtype: torch.dtype, device: torch.device
     return torch.tensor(rows, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=32)
-def _horner_columns(order: float, ndim: int) -> tuple[np.ndarray, ...]:
-    """The monomial coefficients of ``_debye_monomial_table(order)`` from the highest degree
-    down to degree 1, each a contiguous (2, 1, ..., 1) column (``ndim`` ones) for Horner's
-    rule on (2, ...) arrays (2.3 times faster than on (..., 2) arrays)."""
-    coefs = _debye_monomial_table(order, torch.float64, None)
-    shape = (2,) + (1,) * ndim
-    return tuple(np.ascontiguousarray(c).reshape(shape) for c in coefs.T[:0:-1])
+def _monomial_sums(coefs: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``sum_m coefs[i, m] t[i]^m`` for the (2, ...) array ``t`` (float64 numpy): the powers
+    ``t^0 .. t^degree`` in a (2, degree + 1, n) array filled by doubling (``t^(k..2k-1) =
+    t^(0..k-1) t^k``, five products for degree 30) and one batched matrix product, about 12
+    numpy calls where Horner's rule takes two per degree (60 at order 31: 180 us of 230 us
+    for the vMF's normalizer at batch 1024, now ~50). Each power carries at most ~log2(m)
+    roundings, so the sum keeps ``eps * sum_m |a_m|`` up to a small factor."""
+    degree = coefs.shape[1] - 1
+    flat = t.reshape(2, -1)
+    powers = np.empty((2, degree + 1, flat.shape[1]))
+    powers[:, 0] = 1.0
+    powers[:, 1] = flat
+    k = 2
+    while k <= degree:
+        t_k = powers[:, k // 2] * powers[:, k // 2]
+        high = min(2 * k, degree + 1)
+        np.multiply(powers[:, : high - k], t_k[:, None], out=powers[:, k:high])
+        k *= 2
+    return (coefs[:, None, :] @ powers).reshape(t.shape)
 
 
 def _log_iv_and_ratio_static(order: float, x):
@@ -253,14 +264,8 @@ def _log_iv_and_ratio_static(order: float, x):
     x2 = x * x
     r0 = xp.sqrt(x2 + v * v)
     r1 = xp.sqrt(x2 + v1 * v1)
-    if xp is np:  # Horner, in place, orders along the first axis: cheap numpy calls
-        t = np.stack([v / r0, v1 / r1])  # (2, ...)
-        columns = _horner_columns(order, x.ndim)
-        poly = columns[0] * t
-        for c in columns[1:]:
-            poly += c
-            poly *= t
-        log_sum0, log_sum1 = np.log(poly + coefs[:, :1].reshape(columns[0].shape))
+    if xp is np:  # powers by doubling, then one matrix product: few numpy calls
+        log_sum0, log_sum1 = np.log(_monomial_sums(coefs, np.stack([v / r0, v1 / r1])))
     else:  # powers by one cumprod, then one product-sum: fewer torch calls
         t = xp.stack([v / r0, v1 / r1], -1)  # (..., 2)
         powers = (t[..., None] * xp.ones_like(coefs[:, 1:])).cumprod(-1)

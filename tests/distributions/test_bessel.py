@@ -141,7 +141,7 @@ def test_scalar_order_fast_path_agrees_with_general_path(v):
 @pytest.mark.parametrize("v", [10.0, 31.0, 255.5, 511.0])
 def test_monomial_debye_sum_matches_per_term_horner(v):
     """The static-order path sums one polynomial in t (coefficients folded with 1 / v^k; numpy
-    by Horner, torch by powers) in place of ``_debye_sum``'s per-k Horner form: same values
+    by powers and one matrix product, torch by powers) in place of ``_debye_sum``'s per-k Horner form: same values
     to rounding, on the same arguments, for both array libraries."""
     from pvae.distributions.bessel import (
         _debye_terms,
