@@ -87,6 +87,9 @@ class SphericalLocConcentration(TorchDistribution):
             # (ndarray.all: np.all's Python wrapper costs ~9 us a call)
             if value.device.type == "cpu" and constraint is constraints.sphere:
                 norm = torch.linalg.vector_norm(value.detach(), dim=-1).numpy()
+                # kept for subclasses (the vMF's reflection needs |loc|^2), with the version
+                # of the tensor it was computed from
+                self._checked_loc_norm = (value, value._version, norm)
                 tolerance = _sphere_tolerance(constraint.reltol, value.dtype, value.size(-1))
                 valid = bool((np.abs(norm - 1) < tolerance).all())
             elif value.device.type == "cpu" and constraint is finite_positive:

@@ -509,17 +509,20 @@ def _einsum_rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _np_vecdot = getattr(np, "vecdot", _einsum_rowdot)
 
 
-def _reflect(y, gaussian: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, _Reflection]:
+def _reflect(
+    y, gaussian: torch.Tensor, loc: torch.Tensor, loc_sq=None
+) -> tuple[torch.Tensor, _Reflection]:
     """``x = Q [w; sqrt(1 - w^2) g / |g|]`` (see ``_ReflectFromE1``) and its scalars. Passes
     over the (n, d) arrays in torch, the per-sample scalars in ``_namespace``; ``y``: a
-    tensor of any floating dtype, or a float64 numpy array."""
+    tensor of any floating dtype, or a float64 numpy array. ``loc_sq``: ``|loc|^2`` per
+    sample as a float64 numpy array if known (the parameter check computes ``|loc|``)."""
     # squared norms by vector_norm (a fused reduction; vecdot writes the product first)
     xp = _namespace(loc)
     if _numpy_float64(xp, loc, gaussian):
         loc_n, gaussian_n = _as(loc, np), _as(gaussian, np)
         norm2 = _rowdot(gaussian_n, gaussian_n)
         loc_g = _rowdot(loc_n[..., 1:], gaussian_n)
-        loc_sq = _rowdot(loc_n, loc_n)
+        loc_sq = _rowdot(loc_n, loc_n) if loc_sq is None else loc_sq
         loc_1 = loc_n[..., 0]
     else:
         sums = torch.stack(
@@ -545,8 +548,9 @@ def _reflect(y, gaussian: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor
     alpha = 2 * p / q
     # x = alpha loc + sign (alpha - w) e1 - sign sin v
     x = loc * _column(alpha, loc.dtype)
-    x[..., 0] += _tensor(sign * (alpha - w)).to(loc.dtype)
-    x[..., 1:].addcmul_(gaussian, _column(-sign * sin * inv_norm, loc.dtype))
+    # select/narrow views: x[..., 0] += ... costs a getitem, an add and a setitem copy
+    x.select(-1, 0).add_(_cast(_tensor(sign * (alpha - w)), loc.dtype))
+    x.narrow(-1, 1, x.shape[-1] - 1).addcmul_(gaussian, _column(-sign * sin * inv_norm, loc.dtype))
     scalars = _Reflection(
         xp=xp, sign=sign, w=w, sin=sin, alpha=alpha, q=q, p=p, loc_v=loc_v, loc_g=loc_g,
         loc_sq=loc_sq, loc_1=loc_1, u1=u1, inv_norm=inv_norm, norm2=norm2,
@@ -670,11 +674,11 @@ class _SampleAndDistance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, gaussian, loc, kappa, dy_dkappa):
+    def forward(ctx, y, gaussian, loc, kappa, dy_dkappa, loc_sq=None):
         ctx.set_materialize_grads(False)
         xp = _namespace(y)
         y = _as(y, xp)
-        x, s = _reflect(y, gaussian, loc)
+        x, s = _reflect(y, gaussian, loc, loc_sq)
         h = _tensor(y + (s.loc_sq - 1) * (s.q - 2 * s.p) / (2 * s.q))
         ctx.scalars = s
         ctx.dy_dkappa = None if dy_dkappa is None else _as(dy_dkappa, xp)
@@ -686,7 +690,7 @@ class _SampleAndDistance(torch.autograd.Function):
         gaussian, loc, x = ctx.saved_tensors
         s = ctx.scalars
         if grad is None and grad_h is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         grad_h = None if grad_h is None else _as(grad_h, s.xp)
         grad_y, grad_loc = _reflect_backward(
             s, gaussian, loc, x, grad, grad_h, need_loc=ctx.needs_input_grad[2]
@@ -694,7 +698,7 @@ class _SampleAndDistance(torch.autograd.Function):
         grad_kappa = None
         if ctx.needs_input_grad[3]:
             grad_kappa = _cast(_tensor(grad_y * ctx.dy_dkappa), loc.dtype)
-        return None, None, grad_loc, grad_kappa, None
+        return None, None, grad_loc, grad_kappa, None, None
 
 
 class _LogDensityOfSample(torch.autograd.Function):
@@ -873,6 +877,16 @@ class VonMisesFisher(SphericalLocConcentration):
             self._normalizer_cache = cached
         return cached[1], cached[2]
 
+    def _loc_sq(self, loc: torch.Tensor):
+        """``|loc|^2`` from the parameter check's ``|loc|`` (float64 numpy), if it was
+        computed for this very ``loc`` (same tensor, unmodified, float64, no expand since);
+        else None (``_reflect`` computes it)."""
+        checked = self.__dict__.get("_checked_loc_norm")
+        if checked is None or loc is not checked[0] or loc._version != checked[1]:
+            return None
+        norm = checked[2]
+        return norm * norm if norm.dtype == np.float64 else None
+
     def rsample(self, sample_shape=()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         d = self.dim
@@ -889,7 +903,9 @@ class VonMisesFisher(SphericalLocConcentration):
             one_minus_mean = _expand(self._normalizer_terms()[1], shape[:-1])
             # the implicit gradient dy/dkappa = -dw/dkappa enters in the backward
             dy_dkappa = -_implicit_dw_dkappa(y, kappa, d, one_minus_mean)
-        x, half_sq_dist = _SampleAndDistance.apply(y, gaussian, loc, kappa, dy_dkappa)
+        x, half_sq_dist = _SampleAndDistance.apply(
+            y, gaussian, loc, kappa, dy_dkappa, self._loc_sq(loc)
+        )
         # log_prob of this very tensor reads |x - loc|^2 / 2 from here (see log_prob)
         self._own_sample = (x, x._version, self.loc._version, half_sq_dist)
         return x

@@ -441,6 +441,32 @@ def test_sample_and_distance_matches_reflection_and_its_gradient(d):
     assert torch.autograd.gradcheck(outputs, (loc.clone().requires_grad_(),))
 
 
+@pytest.mark.parametrize("d", [5, 64])
+@pytest.mark.parametrize("modify", [False, True])
+def test_rsample_reuses_checked_loc_norm_only_for_that_loc(d, modify):
+    """With validation on, rsample takes |loc|^2 from the parameter check's |loc|; it must
+    give the draws, log_prob and gradients of an unvalidated distribution on the same loc
+    (to rounding), also after loc was changed in place since the check (then the check's
+    norm is stale: |loc| off by 1e-6 would move x by ~1e-6 and log_prob by ~kappa 1e-6)."""
+    loc0 = _unit(d).expand(16, d).clone()
+    kappa0 = torch.logspace(-1, 3, 16, dtype=torch.float64)
+
+    def run(validate):
+        loc, kappa = loc0.clone().requires_grad_(), kappa0.clone().requires_grad_()
+        q = VonMisesFisher(loc, kappa, validate_args=validate)
+        if modify:
+            with torch.no_grad():
+                loc.mul_(1 + 1e-6)  # bumps loc's version
+        torch.manual_seed(3)
+        x = q.rsample()
+        log_prob = q.log_prob(x)
+        loss = (x * torch.linspace(-1, 1, d, dtype=torch.float64)).sum() + log_prob.sum()
+        return x, log_prob, *torch.autograd.grad(loss, [loc, kappa])
+
+    for ours, reference in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("d", [5, 64, 512])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("unit_loc", [True, False])
