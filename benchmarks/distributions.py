@@ -384,11 +384,11 @@ def main(args: argparse.Namespace) -> str:
             "at d = 64, kappa = 1e4, where Wood's is 0.71), one Bessel evaluation per distribution shared by `rsample` and "
             "`log_prob`, unbiased implicit gradient for kappa (32-node Gauss-Legendre per "
             "sample for d <= 64, 64 for d <= 512: one exp and one log1p over the (samples, nodes) "
-            "grid in torch and one matrix product), the reflection with a hand-written "
+            "grid (in numpy on CPU) and one matrix product), the reflection with a hand-written "
             "backward, `log_prob` of the sample `rsample` just returned read from rsample's "
             "scalars with its x and loc gradients folded into rsample's backward (no pass "
             "over x), parameter checks and per-sample scalar arithmetic in numpy on CPU "
-            "(row dot products by `np.einsum`), tangent Gaussians drawn in float32 (see "
+            "(row dot products by `np.vecdot`; the Debye polynomial by powers and one matrix product), tangent Gaussians drawn in float32 (see "
             "VonMisesFisher's docstring); exact inverse CDF for d = 3. PowerSpherical: torch Beta and autograd (it shares the numpy parameter checks). Wood acceptance: "
             "probability that one proposal of Wood's sampler is accepted (at d = 64, "
             'kappa = 1e4 pvae takes the gamma proposals instead). "(non-finite)": the naive log_prob or '
