@@ -86,7 +86,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvae.infer.callbacks import Callback, TrainState
-from pvae.models.base import ReportItem, ints, option
+from pvae.models.base import ReportItem, flag, ints, option
 from pvae.models.image import ImageConfig, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
@@ -321,7 +321,7 @@ class ACNConfig(ImageConfig):
         "skip connections in the prior network: the input to every hidden layer, every "
         "hidden layer to the output (the paper's prior network: prior_hidden 512,512,512, "
         "prior_activation tanh)",
-        convert=bool,
+        convert=flag,
     )
     search_chunk: int = option(
         4096, "queries and memory rows compared at once by the neighbour search", convert=int

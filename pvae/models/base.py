@@ -57,6 +57,22 @@ def ints(values: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def flag(value: Any) -> bool:
+    """A boolean option: a bool, 0 or 1, or one of true/false, yes/no, on/off (any case; the
+    CLI's ``--model-option key=False`` arrives as the string "False", which ``bool`` would
+    read as True)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def width(value: Any) -> int:
     """One layer width: an int, or a one-element list of it (the CLI's ``--hidden 64``)."""
     if isinstance(value, Sequence | torch.Size) and not isinstance(value, (str, bytes)):

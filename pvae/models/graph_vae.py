@@ -52,7 +52,7 @@ from pyro.distributions import constraints
 from torch.nn import functional as F
 
 from pvae.distributions import HypersphericalUniform, VonMisesFisher
-from pvae.models.base import Model, ModelConfig, ReportItem, option
+from pvae.models.base import Model, ModelConfig, ReportItem, flag, option
 from pvae.models.registry import register_model
 from pvae.nets.graph import GraphEncoder, normalized_adjacency
 
@@ -132,7 +132,7 @@ class GraphVAEConfig(ModelConfig):
         16, "d: latent dimensions (svgae: the sphere S^(d-1) in R^d)", convert=int
     )
     dropout: float = option(0.0, "dropout on the encoder's layer inputs", convert=float)
-    reweight: bool = option(True, "train with Kipf's class-balanced edge likelihood", convert=bool)
+    reweight: bool = option(True, "train with Kipf's class-balanced edge likelihood", convert=flag)
     sample_nodes: int = option(32, "nodes of each graph that sample() draws", convert=int)
 
     def validate(self) -> None:

@@ -39,7 +39,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from pvae.models.base import ints, option
+from pvae.models.base import flag, ints, option
 from pvae.models.image import ImageConfig
 from pvae.models.registry import register_model
 from pvae.models.vae import VAE
@@ -55,7 +55,7 @@ class IAFVAEConfig(ImageConfig):
     flow_hidden: tuple[int, ...] | None = option(
         None, "hidden sizes of each step's MADE (default 2 x max(32, 2 latent_dim))", convert=ints
     )
-    stable: bool = option(True, "sigmoid-gated update of Kingma et al.", convert=bool)
+    stable: bool = option(True, "sigmoid-gated update of Kingma et al.", convert=flag)
     needs_hidden = True
 
     def validate(self) -> None:

@@ -364,3 +364,20 @@ def test_zoo_benchmark_runs_in_its_smoke_setting(data_dir):
     assert "M2 test accuracy" in done.stdout
     for name in ("vae", "vae_free_bits", "cvae", "iaf", "svae", "mixture", "m2"):
         assert f"| {name} |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [(False, False), (True, True), ("False", False), ("false", False), ("no", False), (0, False)]
+    + [("True", True), ("on", True), (1, True)],
+)
+def test_boolean_options_read_strings_as_their_meaning(given, expected):
+    # `--model-option stable=False` arrives as the string "False", which bool() reads as True.
+    model = build_model("iaf", **SMALL, stable=given)
+    assert model.config.stable is expected
+
+
+@pytest.mark.parametrize("given", ["maybe", 2, 0.5, ""])
+def test_a_boolean_option_refuses_other_values(given):
+    with pytest.raises(ValueError, match="stable: expected true or false"):
+        build_model("iaf", **SMALL, stable=given)
