@@ -206,9 +206,20 @@ def _tiny_data(n=20, binarize=None, seed=0):
     return ImageDataset(images, labels, binarize=binarize, name="tiny")
 
 
-def _tiny_acn():
-    torch.manual_seed(0)
-    return ACN(input_shape=(1, 4, 4), latent_dim=2, hidden=[8], prior_hidden=[8], neighbours=3)
+def _tiny_acn(seed: int = 0, **options):
+    """The tests' small ACN (4 x 4 images, 2-d codes, K = 3), its weights drawn with ``seed``;
+    ``options`` override or add config options."""
+    torch.manual_seed(seed)
+    return ACN(
+        **{
+            "input_shape": (1, 4, 4),
+            "latent_dim": 2,
+            "hidden": [8],
+            "prior_hidden": [8],
+            "neighbours": 3,
+            **options,
+        }
+    )
 
 
 def test_memory_is_updated_in_place_for_a_batch_and_refreshed_by_the_callback():
@@ -302,15 +313,7 @@ def test_metrics_kl_is_the_code_cost_under_the_nearest_codes_prior():
     KL(q(z | x) || p(z | nearest training code)); tolerance: 5 standard errors of the
     16-draw mean over the data set."""
     data = _tiny_data(30)
-    torch.manual_seed(0)
-    model = ACN(
-        input_shape=(1, 4, 4),
-        latent_dim=2,
-        hidden=[8],
-        prior_hidden=[8],
-        neighbours=3,
-        components=1,
-    )
+    model = _tiny_acn(components=1)
     model.training_setup(data, seed=0)
     model.refresh_memory(data)
     metrics = model.metrics(data)
@@ -343,15 +346,7 @@ def test_resume_mid_epoch_is_exact_with_the_memory(tmp_path, posterior_scale):
     data = _tiny_data(40, binarize="dynamic")
 
     def run(directory, seed=0, resume=False, extra=()):
-        torch.manual_seed(seed)
-        model = ACN(
-            input_shape=(1, 4, 4),
-            latent_dim=2,
-            hidden=[8],
-            prior_hidden=[8],
-            neighbours=3,
-            posterior_scale=posterior_scale,
-        )
+        model = _tiny_acn(seed, posterior_scale=posterior_scale)
         setup = model.training_setup(data, seed=0)
         fit(
             model.model,
@@ -415,15 +410,7 @@ def test_training_with_a_fixed_posterior_scale_lowers_the_loss_and_keeps_the_sca
     patterns = (torch.rand(2, 1, 4, 4, generator=generator) > 0.5).float()
     labels = torch.arange(40) % 2
     data = ImageDataset(patterns[labels], labels, name="two patterns")
-    torch.manual_seed(0)
-    model = ACN(
-        input_shape=(1, 4, 4),
-        latent_dim=2,
-        hidden=[8],
-        prior_hidden=[8],
-        neighbours=3,
-        posterior_scale=1.0,
-    )
+    model = _tiny_acn(posterior_scale=1.0)
     setup = model.training_setup(data, seed=0)
     head = {k: v.clone() for k, v in model.encoder.head.state_dict().items()}
     result = fit(
@@ -580,17 +567,7 @@ def test_pixelcnn_daydreams_re_encode_binary_draws():
     """With the pixelcnn decoder the chain's images are draws x ~ p(x | z) (binary), and each
     next code is the guide's mean code of the draw."""
     data = _tiny_data(12)
-    torch.manual_seed(0)
-    model = ACN(
-        input_shape=(1, 4, 4),
-        latent_dim=2,
-        hidden=[8],
-        prior_hidden=[8],
-        neighbours=3,
-        architecture="pixelcnn",
-        pixelcnn_layers=2,
-        pixelcnn_channels=8,
-    )
+    model = _tiny_acn(architecture="pixelcnn", pixelcnn_layers=2, pixelcnn_channels=8)
     model.training_setup(data, seed=0)
     model.refresh_memory(data)
     chains = model.daydream(torch.tensor([0, 5]), 3, torch.Generator().manual_seed(0))
