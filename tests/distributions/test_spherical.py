@@ -262,10 +262,12 @@ def _reference_dw_dkappa(y, kappa, d):
     return value
 
 
-def _reference_dw_dkappa_and_scale(y, kappa, d):
+def _reference_dw_dkappa_and_scale(y, kappa, d, nodes=None):
     """The per-node quadrature and the sum of the absolute values of its terms (the size of
-    the rounding errors of any summation order, where the terms cancel)."""
-    tau, weights = vmf_module._gauss_legendre_unit(32 if d <= 128 else 64, y.device)
+    the rounding errors of any summation order, where the terms cancel); ``nodes``
+    Gauss-Legendre nodes (default 32 for d <= 128, else 64)."""
+    nodes = nodes if nodes is not None else (32 if d <= 128 else 64)
+    tau, weights = vmf_module._gauss_legendre_unit(nodes, y.device)
     one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa)
     top = y <= 1
     delta = torch.where(top, y, 2 - y)
@@ -634,24 +636,8 @@ def test_vmf_empty_batch(d, kappa):
 
 
 def _dw_dkappa_with_nodes(y, kappa, d, nodes):
-    """The per-node quadrature of ``_reference_dw_dkappa_and_scale`` with ``nodes``
-    Gauss-Legendre nodes."""
-    tau, weights = vmf_module._gauss_legendre_unit(nodes, y.device)
-    one_minus_mean = 1 - bessel_iv_ratio(d / 2 - 1, kappa)
-    top = y <= 1
-    delta = torch.where(top, y, 2 - y)
-    sign = torch.where(top, 1.0, -1.0).double()
-    tau2 = tau * tau
-    s_minus_mean = (one_minus_mean - 2 * (~top)).unsqueeze(-1) - sign.unsqueeze(-1) * (
-        delta.unsqueeze(-1) * tau2
-    )
-    log_ratio = (kappa * sign * delta).unsqueeze(-1) * (1 - tau2) + (
-        (d - 2) * torch.log(tau) + (torch.log(2 * delta)).unsqueeze(-1)
-    )
-    log_ratio = log_ratio + 0.5 * (d - 3) * torch.log1p(
-        (delta / (2 - delta)).unsqueeze(-1) * (1 - tau2)
-    )
-    return sign * (torch.exp(log_ratio) * s_minus_mean * weights).sum(-1)
+    """``_reference_dw_dkappa_and_scale``'s quadrature with ``nodes`` Gauss-Legendre nodes."""
+    return _reference_dw_dkappa_and_scale(y, kappa, d, nodes)[0]
 
 
 @pytest.mark.parametrize("d", [5, 64, 96, 128, 512, 1024])
