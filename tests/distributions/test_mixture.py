@@ -207,20 +207,26 @@ def _reference_x_hat(mixture, x):
     return x_hat.squeeze(-1) if univariate else x_hat
 
 
-@pytest.mark.parametrize("normal", [dist.Normal, _PlainNormal])
-@pytest.mark.parametrize("shape", [(3, 4), (8, 16), (4, 64), (3, 1)])
-def test_vectorised_offsets_match_coordinate_loop_on_same_draws(normal, shape):
-    """The vectorised offsets (closed-form normal terms, back substitution in the backward)
-    give the gradients of the coordinate loop they replaced, on the same draws."""
-    k, d = shape
+def _random_mixture(k: int, d: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Float64 ``[logits (k,), locs (k, d), scales (k, d)]`` and a cost vector ``c`` (d,),
+    drawn from a generator seeded with ``k * d``."""
     generator = torch.Generator().manual_seed(k * d)
     params = [
         torch.randn(k, generator=generator, dtype=torch.float64),
         2 * torch.randn(k, d, generator=generator, dtype=torch.float64),
         0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64),
     ]
+    return params, torch.randn(d, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("normal", [dist.Normal, _PlainNormal])
+@pytest.mark.parametrize("shape", [(3, 4), (8, 16), (4, 64), (3, 1)])
+def test_vectorised_offsets_match_coordinate_loop_on_same_draws(normal, shape):
+    """The vectorised offsets (closed-form normal terms, back substitution in the backward)
+    give the gradients of the coordinate loop they replaced, on the same draws."""
+    k, d = shape
+    params, c = _random_mixture(k, d)
     params = [t.requires_grad_() for t in params]
-    c = torch.randn(d, generator=generator, dtype=torch.float64)
 
     def make():
         logits, locs, scales = params
@@ -372,13 +378,7 @@ def test_float32_path_matches_float64_on_the_same_draws(shape):
     gradients of rsample + log_prob within 1e-5 of the largest gradient entry (measured);
     asserted at 2e-6 and 1e-4."""
     k, d = shape
-    generator = torch.Generator().manual_seed(k * d)
-    params = [
-        torch.randn(k, generator=generator, dtype=torch.float64),
-        2 * torch.randn(k, d, generator=generator, dtype=torch.float64),
-        0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64),
-    ]
-    c = torch.randn(d, generator=generator, dtype=torch.float64)
+    params, c = _random_mixture(k, d)
     x = _ours(*params).sample((1000,)).float().double()  # representable in float32
 
     def run(dtype):
