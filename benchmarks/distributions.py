@@ -218,6 +218,12 @@ def float32_rows(batch: int, repeats: int) -> list[str]:
         "| distribution | float64 (ms) | float32 (ms) | float32 / float64 |",
         "|---|---|---|---|",
     ]
+
+    def row(label: str, steps: list) -> None:
+        double, single = _time(steps, repeats)
+        rows.append(f"| {label} | {double:.2f} | {single:.2f} | {single / double:.2f} |")
+        print(rows[-1], flush=True)
+
     for d in (64, 512):
         loc = torch.nn.functional.normalize(torch.randn(batch, d, dtype=torch.float64), dim=-1)
         kappa = torch.full((batch,), 100.0, dtype=torch.float64)
@@ -225,12 +231,7 @@ def float32_rows(batch: int, repeats: int) -> list[str]:
             _sphere_step(VonMisesFisher, loc.to(dtype), kappa.to(dtype))
             for dtype in (torch.float64, torch.float32)
         ]
-        double, single = _time(steps, repeats)
-        rows.append(
-            f"| VonMisesFisher d={d}, kappa=100, batch {batch} | {double:.2f} | {single:.2f} | "
-            f"{single / double:.2f} |"
-        )
-        print(rows[-1], flush=True)
+        row(f"VonMisesFisher d={d}, kappa=100, batch {batch}", steps)
     logits0 = torch.randn(4, dtype=torch.float64)
     locs0 = torch.randn(4, 64, dtype=torch.float64)
     scales0 = 0.5 + torch.rand(4, 64, dtype=torch.float64)
@@ -238,12 +239,7 @@ def float32_rows(batch: int, repeats: int) -> list[str]:
         _mixture_step("ours", logits0.to(dtype), locs0.to(dtype), scales0.to(dtype), batch)
         for dtype in (torch.float64, torch.float32)
     ]
-    double, single = _time(steps, repeats)
-    rows.append(
-        f"| ReparameterizedMixture K=4, D=64, batch {batch} | {double:.2f} | {single:.2f} | "
-        f"{single / double:.2f} |"
-    )
-    print(rows[-1], flush=True)
+    row(f"ReparameterizedMixture K=4, D=64, batch {batch}", steps)
     return rows
 
 
