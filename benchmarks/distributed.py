@@ -170,7 +170,11 @@ def per_image_nll(run: Path, x: torch.Tensor, samples: int) -> torch.Tensor:
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return float(values.mean()), float(values.std() / values.numel() ** 0.5)
+    """``(mean, standard error)``: pvae's :func:`~pvae.evaluation.importance.mean_and_stderr`."""
+    from pvae.evaluation.importance import mean_and_stderr
+
+    summary = mean_and_stderr(values)
+    return summary["mean"], summary["stderr"]
 
 
 def same_test_nll(
