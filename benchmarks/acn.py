@@ -96,6 +96,7 @@ PER_RUN = (
     "models",
     "vae_beta",
     "prior_network",
+    "kl_anneal_epochs",
 )
 # The paper's prior network, as quoted in johannah/ACN's acn_models.py: "an MLP with three
 # hidden layers each containing 512 tanh units, and skip connections from the input to all
@@ -255,6 +256,14 @@ def main(argv: list[str] | None = None) -> None:
         "activation) or the paper's (3 x 512 tanh, skips from the input to every hidden layer "
         "and from every hidden layer to the output)",
     )
+    parser.add_argument(
+        "--kl-anneal-epochs",
+        type=float,
+        default=0.0,
+        help="KL warm-up of both models: beta grows linearly from 0 to 1 over this many epochs "
+        "(0: off). Starts from informative codes, so that a collapse at the end is the "
+        "objective's choice, not an early accident of optimisation",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--rows", default=None, help="also save this run's rows (JSON)")
@@ -323,7 +332,11 @@ def main(argv: list[str] | None = None) -> None:
                     dataset=args.dataset,
                     model_options=options,
                     train=TrainConfig(
-                        epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+                        epochs=epochs,
+                        batch_size=args.batch_size,
+                        lr=args.lr,
+                        seed=args.seed,
+                        kl_anneal_epochs=args.kl_anneal_epochs,
                     ),
                     train_size=args.train_size,
                     # The runner's evaluation (the first test images) is replaced below.
@@ -359,13 +372,18 @@ def main(argv: list[str] | None = None) -> None:
                 with torch.no_grad():
                     active = active_units(lambda x, m=model: m.encode_mean(x), images).count
                 use = code_use_nats(model, images, args.elbo_samples, batch_size=batch)
-                row = dict(
-                    decoder=decoder,
-                    model=f"vae, beta {args.vae_beta:g}"
+                label = (
+                    f"vae, beta {args.vae_beta:g}"
                     if name == "vae" and args.vae_beta != 1.0
                     else "acn, paper prior"
                     if name == "acn" and args.prior_network == "paper"
-                    else name,
+                    else name
+                )
+                if args.kl_anneal_epochs:
+                    label += f", warm-up {args.kl_anneal_epochs:g}"
+                row = dict(
+                    decoder=decoder,
+                    model=label,
                     seed=args.seed,
                     epochs=epochs,
                     posterior_scale=args.posterior_scale,
@@ -438,7 +456,7 @@ def write_results(
     def scale_name(value):
         return f"{value:g}" if value else "learned"
 
-    paper_prior = any(r["model"] == "acn, paper prior" for r in rows)
+    paper_prior = any(r["model"].startswith("acn, paper prior") for r in rows)
 
     lines = [
         "# ACN beside a VAE with the same networks: how informative the codes are",
