@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         "log-densities and the parameters in float32",
     )
     train.add_argument(
+        "--no-fused-adam",
+        dest="fused_adam",
+        action="store_false",
+        help="torch's default Adam instead of the fused update (same arithmetic to float "
+        "rounding; reproduces runs made before pvae fused it to the bit)",
+    )
+    train.add_argument(
         "--seed", type=int, default=0, help="random seed (data order, binarization, initialisation)"
     )
     train.add_argument(
@@ -535,6 +542,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             checkpoint_every=args.checkpoint_every,
             precision=args.precision,
+            fused_adam=args.fused_adam,
         )
     except ValueError as error:
         field = str(error).split(" ", 1)[0]

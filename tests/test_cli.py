@@ -970,3 +970,11 @@ def test_train_precision_bf16_is_recorded_and_bad_values_refused(tmp_path: Path,
     expect_error(
         ["train", *TINY, "--precision", "fp16", "--out", str(tmp_path / "x")], capsys, "--precision"
     )
+
+
+def test_train_no_fused_adam_is_recorded_and_trains(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "default_adam"
+    assert main(["train", *TINY, "--no-fused-adam", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["fused_adam"] is False
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["test_nll"])

@@ -90,6 +90,10 @@ class TrainConfig:
     # "bf16": the networks' matrix products in bfloat16, the distributions in float32
     # (pvae.infer.precision); "fp32": float32 throughout.
     precision: str = "fp32"
+    # Adam's update fused into one kernel where torch has one (make_adam); False: torch's
+    # default Adam, the arithmetic of runs made before pvae fused it (to the bit). A resume
+    # keeps the checkpoint's choice (its optimizer state records it).
+    fused_adam: bool = True
 
     def __post_init__(self) -> None:
         # Checked here, not deep in the loop: a NaN or a fraction would otherwise reach
@@ -137,6 +141,8 @@ class TrainConfig:
                 f"got {self.kl_anneal_schedule!r}"
             )
         _check_integer("kl_anneal_cycles", self.kl_anneal_cycles)
+        if not isinstance(self.fused_adam, bool):
+            raise ValueError(f"fused_adam must be True or False, got {self.fused_adam!r}")
         check_precision(self.precision)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"monitor must be an epoch record's key, got {self.monitor!r}")
@@ -973,9 +979,13 @@ def make_adam(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Ad
     The fused update is the same arithmetic as the default one (to float rounding: parameters
     may differ in the last bit) at a fraction of its cost on a CPU, where the default runs
     about ten kernels per parameter tensor: on the 784-400-50 VAE of
-    ``benchmarks/throughput.py`` it is the largest saving of the step.
+    ``benchmarks/throughput.py`` it is the largest saving of the step. ``config.fused_adam =
+    False`` (``pvae train --no-fused-adam``) takes torch's default Adam: the arithmetic of runs
+    made before the fused one, so that they can be reproduced to the bit.
     """
     options = dict(lr=config.lr, betas=config.betas, eps=config.eps)
+    if not config.fused_adam:
+        return torch.optim.Adam(params, **options)
     try:
         return torch.optim.Adam(params, fused=True, **options)
     except RuntimeError:  # no fused kernel for these parameters' device or dtype

@@ -90,6 +90,7 @@ class TrainSpec:
             "device",
             "checkpoint_every",
             "precision",
+            "fused_adam",
         )
         values = dataclasses.asdict(self.train)
         return {key: values[key] for key in keys}

@@ -236,3 +236,28 @@ def test_the_data_range_is_checked_once_per_batch(monkeypatch):
     with pytest.raises(ValueError, match="needs data in"):
         objective(vae.model, vae.guide, x, num_data=100)
     assert len(calls) == len(batches) + 2
+
+
+def test_fused_adam_off_takes_the_default_adams_steps_to_the_bit(seed):
+    """``TrainConfig(fused_adam=False)``: torch's default Adam, the arithmetic of runs made
+    before the fused update, so that they reproduce exactly."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(40, 30, generator=generator)
+    grads = [torch.randn(40, 30, generator=generator) for _ in range(5)]
+    config = TrainConfig(lr=1e-2, fused_adam=False)
+    ours = torch.nn.Parameter(start.clone())
+    theirs = torch.nn.Parameter(start.clone())
+    optimizer = make_adam([ours], config)
+    default = torch.optim.Adam([theirs], lr=config.lr, betas=config.betas, eps=config.eps)
+    assert not optimizer.defaults["fused"]
+    for g in grads:
+        for p, opt in ((ours, optimizer), (theirs, default)):
+            p.grad = g.clone()
+            opt.step()
+    assert not torch.equal(ours, start)
+    assert torch.equal(ours, theirs)
+
+
+def test_fused_adam_must_be_a_boolean():
+    with pytest.raises(ValueError, match="fused_adam"):
+        TrainConfig(fused_adam="False")
