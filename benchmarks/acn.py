@@ -97,6 +97,7 @@ PER_RUN = (
     "vae_beta",
     "prior_network",
     "kl_anneal_epochs",
+    "pixelcnn_layers",
 )
 # The paper's prior network, as quoted in johannah/ACN's acn_models.py: "an MLP with three
 # hidden layers each containing 512 tanh units, and skip connections from the input to all
@@ -383,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                     label += f", warm-up {args.kl_anneal_epochs:g}"
                 row = dict(
                     decoder=decoder,
+                    **({"pixelcnn_layers": args.pixelcnn_layers} if decoder == "pixelcnn" else {}),
                     model=label,
                     seed=args.seed,
                     epochs=epochs,
@@ -426,11 +428,17 @@ def merge_runs(runs: list[dict], out: Path) -> None:
         )
         if differing:
             raise ValueError(f"runs to merge differ in {', '.join(differing)}")
-    rows = [row for run in runs for row in run["rows"]]
+    rows = []
+    for run in runs:
+        for row in run["rows"]:
+            if row["decoder"] == "pixelcnn":  # rows saved before they recorded it
+                row = {"pixelcnn_layers": run["args"]["pixelcnn_layers"], **row}
+            rows.append(row)
     rows.sort(
         key=lambda r: (
             r["decoder"] != "mlp",
             r["decoder"],
+            -r.get("pixelcnn_layers", 0),
             r.get("posterior_scale", 0.0),
             not r["model"].startswith("vae"),
             r["model"],
@@ -511,8 +519,11 @@ def write_results(
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        decoder = r["decoder"]
+        if r.get("pixelcnn_layers", args.pixelcnn_layers) != args.pixelcnn_layers:
+            decoder += f", {r['pixelcnn_layers']} layer{'s' if r['pixelcnn_layers'] > 1 else ''}"
         lines.append(
-            f"| {r['decoder']} | {r['model']} | {scale_name(r.get('posterior_scale', 0.0))} | "
+            f"| {decoder} | {r['model']} | {scale_name(r.get('posterior_scale', 0.0))} | "
             f"{r['seed']} | {r['epochs']} | {r['nll']:.2f} | "
             f"{r['nll'] + r['index_cost']:.2f} | {r['stderr']:.2f} | {r['kl']:.2f} | "
             f"{r['active']} | {number(r['knn'], 4)} | {number(r.get('code_use'))} | "
@@ -521,7 +532,9 @@ def write_results(
         )
     chains: dict[str, list[float]] = {}
     for r in rows:
-        if r["chain"] is not None:
+        if r["chain"] is not None and r.get("pixelcnn_layers", args.pixelcnn_layers) == (
+            args.pixelcnn_layers
+        ):
             chains.setdefault(r["decoder"], []).append(r["chain"])
     lines += [
         "",
