@@ -134,14 +134,14 @@ def test_trace_mean_field_uses_closed_form_kl(cls):
 
 
 def test_vmf_entropy_limits_against_mpmath():
-    mpmath.mp.dps = 50
     for d in [3, 10, 128]:
         for kappa in [1e-4, 1.0, 1e3, 1e6]:
-            nu, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
-            log_c = nu * mpmath.log(k) - (mpmath.mpf(d) / 2) * mpmath.log(2 * mpmath.pi)
-            log_c -= mpmath.log(mpmath.besseli(nu, k))
-            a = mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k)
-            reference = float(-log_c - k * a)
+            with mpmath.workdps(50):  # scoped: other tests keep mpmath's default precision
+                nu, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+                log_c = nu * mpmath.log(k) - (mpmath.mpf(d) / 2) * mpmath.log(2 * mpmath.pi)
+                log_c -= mpmath.log(mpmath.besseli(nu, k))
+                a = mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k)
+                reference = float(-log_c - k * a)
             ours = VonMisesFisher(_unit(d), torch.tensor(kappa, dtype=torch.float64)).entropy()
             assert abs(ours.item() - reference) <= 1e-9 * max(1.0, abs(reference))
 
