@@ -98,6 +98,7 @@ PER_RUN = (
     "prior_network",
     "kl_anneal_epochs",
     "pixelcnn_layers",
+    "pixelcnn_spatial",
 )
 # The paper's prior network, as quoted in johannah/ACN's acn_models.py: "an MLP with three
 # hidden layers each containing 512 tanh units, and skip connections from the input to all
@@ -231,6 +232,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--components", type=int, default=3)
     parser.add_argument("--pixelcnn-layers", type=int, default=4)
     parser.add_argument("--pixelcnn-channels", type=int, default=32)
+    parser.add_argument(
+        "--pixelcnn-spatial",
+        type=int,
+        default=0,
+        help="maps of the PixelCNN's location-dependent code (van den Oord et al. Eq. 5; the "
+        "models' pixelcnn_spatial); 0: the per-layer bias only",
+    )
     parser.add_argument("--eval-size", type=int, default=1000)
     parser.add_argument("--eval-seed", type=int, default=0, help="draws the test images")
     parser.add_argument("--eval-samples", type=int, default=20)
@@ -299,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                 architecture.update(
                     pixelcnn_layers=args.pixelcnn_layers, pixelcnn_channels=args.pixelcnn_channels
                 )
+                if args.pixelcnn_spatial:
+                    architecture.update(pixelcnn_spatial=args.pixelcnn_spatial)
             fixed = {"posterior_scale": args.posterior_scale} if args.posterior_scale else {}
             models = {
                 "vae": {
@@ -384,7 +394,14 @@ def main(argv: list[str] | None = None) -> None:
                     label += f", warm-up {args.kl_anneal_epochs:g}"
                 row = dict(
                     decoder=decoder,
-                    **({"pixelcnn_layers": args.pixelcnn_layers} if decoder == "pixelcnn" else {}),
+                    **(
+                        {
+                            "pixelcnn_layers": args.pixelcnn_layers,
+                            "pixelcnn_spatial": args.pixelcnn_spatial,
+                        }
+                        if decoder == "pixelcnn"
+                        else {}
+                    ),
                     model=label,
                     seed=args.seed,
                     epochs=epochs,
@@ -480,7 +497,10 @@ def write_results(
         f"784-{args.hidden}-{args.latent_dim} MLP encoder; decoder `mlp` (mirrored MLP) or "
         f"`pixelcnn` (gated PixelCNN, {args.pixelcnn_layers} layers x "
         f"{args.pixelcnn_channels} channels, 7x7 first kernel then 3x3, conditioned on z by a "
-        "per-layer bias); Bernoulli likelihood; the guide `Normal(mu(x), diag sigma(x)^2)` with "
+        "per-layer bias; rows `spatial code S` also by S maps `m(z)` of the image's size, "
+        f"m a {args.latent_dim}-{args.hidden}-(S x 784) MLP, through a 1x1 convolution in every "
+        "layer: van den Oord et al.'s location-dependent conditioning, Eq. 5); Bernoulli "
+        "likelihood; the guide `Normal(mu(x), diag sigma(x)^2)` with "
         "learned scales, or with every scale fixed at the `q scale` column's value "
         "(`posterior_scale`; the paper's unit-variance codes: 1; the VAE then "
         f"`{FIXED_SCALE_VAE}`, this benchmark's VAE with that option). ACN's prior network "
@@ -522,6 +542,8 @@ def write_results(
         decoder = r["decoder"]
         if r.get("pixelcnn_layers", args.pixelcnn_layers) != args.pixelcnn_layers:
             decoder += f", {r['pixelcnn_layers']} layer{'s' if r['pixelcnn_layers'] > 1 else ''}"
+        if r.get("pixelcnn_spatial"):
+            decoder += f", spatial code {r['pixelcnn_spatial']}"
         lines.append(
             f"| {decoder} | {r['model']} | {scale_name(r.get('posterior_scale', 0.0))} | "
             f"{r['seed']} | {r['epochs']} | {r['nll']:.2f} | "
@@ -532,8 +554,10 @@ def write_results(
         )
     chains: dict[str, list[float]] = {}
     for r in rows:
-        if r["chain"] is not None and r.get("pixelcnn_layers", args.pixelcnn_layers) == (
-            args.pixelcnn_layers
+        if (
+            r["chain"] is not None
+            and r.get("pixelcnn_layers", args.pixelcnn_layers) == args.pixelcnn_layers
+            and not r.get("pixelcnn_spatial")
         ):
             chains.setdefault(r["decoder"], []).append(r["chain"])
     lines += [

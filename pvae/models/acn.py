@@ -334,6 +334,12 @@ class ACNConfig(ImageConfig):
     )
     pixelcnn_layers: int = option(5, "gated layers of the pixelcnn decoder", convert=int)
     pixelcnn_channels: int = option(32, "feature maps of the pixelcnn decoder", convert=int)
+    pixelcnn_spatial: int = option(
+        0,
+        "maps of the pixelcnn's location-dependent code m(z), an MLP through the first hidden "
+        "size (van den Oord et al. Eq. 5); 0: a per-layer bias only",
+        convert=int,
+    )
     posterior_scale: float = option(
         0.0,
         "fixed scale of every unit of q(z | x) (1: the paper's unit-variance codes); 0: learned",
@@ -397,7 +403,12 @@ class ACN(StandardNormalPrior):
         self.encoder = GaussianMLP(pixels, hidden, self.latent_dim, config.activation)
         if config.architecture == "pixelcnn":
             self.decoder = PixelCNN(
-                self.latent_dim, self.input_shape, config.pixelcnn_layers, config.pixelcnn_channels
+                self.latent_dim,
+                self.input_shape,
+                config.pixelcnn_layers,
+                config.pixelcnn_channels,
+                spatial_channels=config.pixelcnn_spatial,
+                spatial_hidden=hidden[0] if hidden else None,
             )
         else:
             self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)

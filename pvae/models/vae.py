@@ -76,6 +76,12 @@ class VAEConfig(ImageConfig):
     )
     pixelcnn_layers: int = option(5, "gated layers of the pixelcnn decoder", convert=int)
     pixelcnn_channels: int = option(32, "feature maps of the pixelcnn decoder", convert=int)
+    pixelcnn_spatial: int = option(
+        0,
+        "maps of the pixelcnn's location-dependent code m(z), an MLP through the first hidden "
+        "size (van den Oord et al. Eq. 5); 0: a per-layer bias only",
+        convert=int,
+    )
     beta: float = option(1.0, "weight of the KL term (> 1: the beta-VAE)", convert=float)
     free_bits: float = option(0.0, "per-dimension KL floor in nats (0: off)", convert=float)
 
@@ -131,7 +137,12 @@ class VAE(StandardNormalPrior):
             self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
         if self.architecture == "pixelcnn":
             self.decoder = PixelCNN(
-                self.latent_dim, self.input_shape, config.pixelcnn_layers, config.pixelcnn_channels
+                self.latent_dim,
+                self.input_shape,
+                config.pixelcnn_layers,
+                config.pixelcnn_channels,
+                spatial_channels=config.pixelcnn_spatial,
+                spatial_hidden=hidden[0] if hidden else None,
             )
         if self.architecture == "conv":
             self.encoder = ConvEncoder(self.latent_dim)

@@ -13,6 +13,12 @@
 - every layer is **gated**: ``y = tanh(W_f * h + V_f z) * sigmoid(W_g * h + V_g z)``, the
   latent entering each layer of both stacks as a per-channel bias ``V z`` (a linear map of
   ``z``, the same at every pixel: [1] Eq. 4, the location-independent conditioning);
+- optionally (``spatial_channels = S > 0``) also **location-dependent** ([1] Eq. 5): a network
+  ``m`` maps the code to ``S`` maps the size of the image, ``s = m(z)`` (an MLP here, the
+  mirrored MLP decoder with ``S`` output maps), and every layer adds ``V * s`` (a 1 x 1
+  convolution) to its gates, so that the code can say *where* (ink in the lower half, a
+  stroke at the left) and not only *what* (a bias shared by every pixel). ``s`` depends on
+  ``z`` alone, so the logits stay autoregressive in ``x``;
 - the code enters **scaled to unit root mean square**, ``z / sqrt(mean_d z_d^2 + 1e-6)``: its
   direction conditions the pixels, its overall scale does not. Under a learned prior (ACN's
   ``p(z | z')``) nothing anchors the codes' scale, and codes of root mean square ~4 put the
@@ -56,7 +62,13 @@ class GatedLayer(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, channels: int, kernel: int, latent_dim: int, first: bool
+        self,
+        in_channels: int,
+        channels: int,
+        kernel: int,
+        latent_dim: int,
+        first: bool,
+        spatial_channels: int = 0,
     ) -> None:
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
@@ -68,13 +80,21 @@ class GatedLayer(nn.Module):
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.horizontal_out = nn.Conv2d(channels, channels, 1)
         self.condition = nn.Linear(latent_dim, 4 * channels)
+        self.condition_map = (
+            nn.Conv2d(spatial_channels, 4 * channels, 1, bias=False) if spatial_channels else None
+        )
 
     def forward(
-        self, vertical: torch.Tensor, horizontal: torch.Tensor, z: torch.Tensor
+        self,
+        vertical: torch.Tensor,
+        horizontal: torch.Tensor,
+        z: torch.Tensor,
+        maps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``vertical``, ``horizontal`` ``(N, C_in, H, W)``, ``z`` ``(N, D)``; returns both
-        stacks' outputs ``(N, C, H, W)``."""
-        bias_v, bias_h = self.biases(z)
+        """``vertical``, ``horizontal`` ``(N, C_in, H, W)``, ``z`` ``(N, D)``, ``maps`` ``(N, S,
+        H, W)`` (the spatial code ``m(z)``, with ``spatial_channels``); returns both stacks'
+        outputs ``(N, C, H, W)``."""
+        bias_v, bias_h = self.biases(z, maps)
         v, v_out = self.vertical_stack(vertical, bias_v)
         # Shifted down one row before it enters the horizontal stack: rows < r only.
         v_shifted = F.pad(v, (0, 0, 1, 0))[..., : v.shape[-2], :]
@@ -82,9 +102,15 @@ class GatedLayer(nn.Module):
             horizontal, self.vertical_to_horizontal(v_shifted), bias_h
         )
 
-    def biases(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The conditioning biases ``V z`` of the vertical and horizontal gates, ``(N, 2C, 1, 1)``."""
-        bias_v, bias_h = self.condition(z)[..., None, None].chunk(2, dim=1)
+    def biases(
+        self, z: torch.Tensor, maps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditioning biases of the vertical and horizontal gates: ``V z``, ``(N, 2C, 1,
+        1)``, plus ``V' * s`` for the spatial code ``s = maps``, then ``(N, 2C, H, W)``."""
+        bias = self.condition(z)[..., None, None]
+        if self.condition_map is not None:
+            bias = bias + self.condition_map(maps)
+        bias_v, bias_h = bias.chunk(2, dim=1)
         return bias_v, bias_h
 
     def vertical_stack(
@@ -130,6 +156,10 @@ class PixelCNN(nn.Module):
     :param channels: feature maps per stack.
     :param kernel: kernel size of the later layers (odd).
     :param first_kernel: kernel size of the first layer (odd; [1] uses 7).
+    :param spatial_channels: S, maps of the location-dependent code ``s = m(z)`` ([1] Eq. 5;
+        0: the per-layer bias only).
+    :param spatial_hidden: hidden units of ``m``, an MLP ``D -> spatial_hidden -> S H W``
+        (ReLU); None: a linear map.
     """
 
     def __init__(
@@ -140,13 +170,33 @@ class PixelCNN(nn.Module):
         channels: int = 32,
         kernel: int = 3,
         first_kernel: int = 7,
+        spatial_channels: int = 0,
+        spatial_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"PixelCNN needs images of shape (C, H, W), got {input_shape}")
         if layers < 1 or channels < 1:
             raise ValueError(f"need layers >= 1 and channels >= 1, got {layers}, {channels}")
+        if spatial_channels < 0 or (spatial_hidden is not None and spatial_hidden < 1):
+            raise ValueError(
+                f"need spatial_channels >= 0 and spatial_hidden >= 1 (or None), got "
+                f"{spatial_channels}, {spatial_hidden}"
+            )
         self.input_shape = tuple(input_shape)
+        self.spatial_channels = spatial_channels
+        self.spatial = None
+        if spatial_channels:
+            size = spatial_channels * input_shape[1] * input_shape[2]
+            self.spatial = (
+                nn.Linear(latent_dim, size)
+                if spatial_hidden is None
+                else nn.Sequential(
+                    nn.Linear(latent_dim, spatial_hidden),
+                    nn.ReLU(),
+                    nn.Linear(spatial_hidden, size),
+                )
+            )
         image_channels = input_shape[0]
         self.layers = nn.ModuleList(
             GatedLayer(
@@ -155,6 +205,7 @@ class PixelCNN(nn.Module):
                 first_kernel if i == 0 else kernel,
                 latent_dim,
                 first=i == 0,
+                spatial_channels=spatial_channels,
             )
             for i in range(layers)
         )
@@ -173,10 +224,23 @@ class PixelCNN(nn.Module):
         image = x.shape[-3:]  # input_shape, or a window of its rows (sample)
         z = unit_rms(z.expand(*batch, z.shape[-1]).reshape(-1, z.shape[-1]))
         h = x.expand(*batch, *image).reshape(-1, *image).to(z.dtype)
+        maps = self.spatial_code(z)
+        if maps is not None and maps.shape[-2:] != image[-2:]:
+            raise ValueError(
+                f"the spatial code has the image's size {tuple(maps.shape[-2:])}, got images "
+                f"of {tuple(image[-2:])}"
+            )
         v = h
         for layer in self.layers:
-            v, h = layer(v, h, z)
+            v, h = layer(v, h, z, maps)
         return self.output(h).reshape(*batch, *image)
+
+    def spatial_code(self, z: torch.Tensor) -> torch.Tensor | None:
+        """``s = m(z)``, ``(N, S, H, W)``, of unit-scale codes ``z`` ``(N, D)``; None without
+        ``spatial_channels``."""
+        if self.spatial is None:
+            return None
+        return self.spatial(z).reshape(z.shape[0], self.spatial_channels, *self.input_shape[1:])
 
     @property
     def elements_per_image(self) -> int:
@@ -206,16 +270,23 @@ class PixelCNN(nn.Module):
         z = unit_rms(z.reshape(-1, z.shape[-1]))
         x = z.new_zeros(z.shape[0], *self.input_shape)
         height, width = self.input_shape[1:]
-        biases = [layer.biases(z) for layer in self.layers]
+        maps = self.spatial_code(z)
+        biases = [layer.biases(z, maps) for layer in self.layers]
+
+        def rows(bias: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            # a spatial bias (N, 2C, H, W) at the rows of the window; a global one as it is
+            return bias[..., start:stop, :] if bias.shape[-2] > 1 else bias
+
         for r in range(height):
             # Each layer's vertical features at row r - 1 (zeros above the image), 1x1-mapped.
             from_vertical = []
-            v = x[:, :, max(0, r - self.reach) : r]
+            start = max(0, r - self.reach)
+            v = x[:, :, start:r]
             for layer, (bias_v, _) in zip(self.layers, biases, strict=True):
                 if r == 0:
                     last = x.new_zeros(x.shape[0], 2 * layer.horizontal_out.in_channels, 1, width)
                 else:
-                    pre, v = layer.vertical_stack(v, bias_v)
+                    pre, v = layer.vertical_stack(v, rows(bias_v, start, r))
                     last = pre[..., -1:, :]
                 from_vertical.append(layer.vertical_to_horizontal(last))
             for c in range(width):
@@ -223,7 +294,7 @@ class PixelCNN(nn.Module):
                 for layer, (_, bias_h), link in zip(
                     self.layers, biases, from_vertical, strict=True
                 ):
-                    h = layer.horizontal_stack(h, link, bias_h)
+                    h = layer.horizontal_stack(h, link, rows(bias_h, r, r + 1))
                 probability = torch.sigmoid(self.output(h)[:, :, 0, c])
                 u = torch.rand(probability.shape, generator=generator, dtype=z.dtype)
                 x[:, :, r, c] = (u.to(z.device) < probability).to(z.dtype)
@@ -243,3 +314,8 @@ def check_pixelcnn_options(config: Any) -> None:
     for name in ("pixelcnn_layers", "pixelcnn_channels"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if getattr(config, "pixelcnn_spatial", 0) < 0:
+        raise ValueError(
+            f"pixelcnn_spatial must be 0 (no spatial code) or a positive number of maps, got "
+            f"{config.pixelcnn_spatial}"
+        )

@@ -22,13 +22,17 @@ def _random_net(shape=(1, 5, 5), layers=3, channels=16, latent_dim=3, **kwargs) 
     return net
 
 
+SPATIAL = {"spatial_channels": 2, "spatial_hidden": 6}  # the location-dependent code
+
+
+@pytest.mark.parametrize("spatial", [{}, SPATIAL], ids=["global", "spatial"])
 @pytest.mark.parametrize("first_kernel, kernel", [(7, 3), (3, 3), (5, 1)])
-def test_logit_of_a_pixel_depends_on_the_pixels_before_it_only(first_kernel, kernel):
+def test_logit_of_a_pixel_depends_on_the_pixels_before_it_only(first_kernel, kernel, spatial):
     """d logit_i / d x_j over all pixel pairs (autograd): zero for every j >= i in raster
     order; with a first kernel wide enough for the image, nonzero for every j < i (no blind
     spot: the pixels up and to the right are seen through the vertical stack)."""
     height, width = 5, 5
-    net = _random_net((1, height, width), first_kernel=first_kernel, kernel=kernel)
+    net = _random_net((1, height, width), first_kernel=first_kernel, kernel=kernel, **spatial)
     z = torch.randn(1, 3, dtype=torch.double)
     x = torch.bernoulli(torch.full((1, 1, height, width), 0.5, dtype=torch.double))
     jacobian = torch.autograd.functional.jacobian(lambda image: net(z, image), x)
@@ -53,10 +57,11 @@ def test_a_single_stack_of_narrow_kernels_has_the_expected_reach():
     assert (jacobian[rows[:, None] - rows[None, :] == net.reach] > 0).all()
 
 
-def test_log_prob_sums_over_pixels_to_a_normalised_distribution():
+@pytest.mark.parametrize("spatial", [{}, SPATIAL], ids=["global", "spatial"])
+def test_log_prob_sums_over_pixels_to_a_normalised_distribution(spatial):
     """Over all 2^9 binary 3x3 images, sum_x p(x | z) = 1 for each z, and the Bernoulli
     likelihood's log_prob is the sum of the per-pixel terms."""
-    net = _random_net((1, 3, 3), layers=2, channels=4)
+    net = _random_net((1, 3, 3), layers=2, channels=4, **spatial)
     images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=9)), dtype=torch.double)
     images = images.reshape(-1, 1, 3, 3)
     z = torch.randn(4, 1, 3, dtype=torch.double)  # (4 codes, 1) broadcast with (512, ...)
@@ -70,10 +75,12 @@ def test_log_prob_sums_over_pixels_to_a_normalised_distribution():
     torch.testing.assert_close(log_p.logsumexp(-1), torch.zeros(4, dtype=torch.double))
 
 
-def test_sampling_draws_each_pixel_from_the_logits_given_the_pixels_before_it():
+@pytest.mark.parametrize("spatial", [{}, SPATIAL], ids=["global", "spatial"])
+def test_sampling_draws_each_pixel_from_the_logits_given_the_pixels_before_it(spatial):
     """The row-cached sampler gives the same images, from the same uniforms, as drawing each
-    pixel from a full forward pass over the partial image."""
-    net = _random_net((1, 6, 5), layers=3, first_kernel=3)
+    pixel from a full forward pass over the partial image (with the spatial code: each row
+    window takes its rows of the code's maps)."""
+    net = _random_net((1, 6, 5), layers=3, first_kernel=3, **spatial)
     with torch.no_grad():  # probabilities away from 0 and 1, so that the draws vary
         net.output[-1].weight.mul_(0.05)
         net.output[-1].bias.zero_()
@@ -105,6 +112,26 @@ def test_the_code_conditions_by_its_direction_not_its_scale():
     z = torch.randn(2, 4, dtype=torch.float64)
     assert torch.allclose(net(z, x), net(50.0 * z, x), atol=1e-9)
     assert not torch.allclose(net(z, x), net(z.flip(-1), x), atol=1e-3)
+
+
+def test_the_spatial_code_conditions_each_pixel_differently():
+    """With ``spatial_channels`` the gates' biases vary over the image (location-dependent,
+    van den Oord et al. Eq. 5) and depend on the code; without, one bias per channel."""
+    z = torch.randn(3, 3, dtype=torch.float64)
+    plain = _random_net()
+    bias_v, bias_h = plain.layers[0].biases(z)
+    assert bias_v.shape[-2:] == bias_h.shape[-2:] == (1, 1)
+    net = _random_net(**SPATIAL)
+    maps = net.spatial_code(z)
+    assert maps.shape == (3, 2, 5, 5)
+    for layer in net.layers:
+        bias_v, bias_h = layer.biases(z, maps)
+        assert bias_v.shape == bias_h.shape == (3, 32, 5, 5)
+        assert bias_v.std((-2, -1)).min() > 1e-3  # not constant over the pixels
+    other = net.spatial_code(z.flip(0))
+    assert not torch.allclose(maps, other)
+    with pytest.raises(ValueError, match="spatial_channels"):
+        PixelCNN(3, (1, 5, 5), spatial_channels=-1)
 
 
 @pytest.mark.parametrize("name", ["vae", "acn"])
@@ -143,3 +170,8 @@ def test_models_take_the_pixelcnn_decoder(name):
         cls(**options, likelihood="gaussian")
     with pytest.raises(ValueError, match="pixelcnn_layers"):
         cls(**options, pixelcnn_layers=0)
+    with pytest.raises(ValueError, match="pixelcnn_spatial"):
+        cls(**options, pixelcnn_spatial=-1)
+    spatial = cls(**options, pixelcnn_layers=1, pixelcnn_channels=4, pixelcnn_spatial=2)
+    assert spatial.decoder.spatial_code(torch.randn(6, 2)).shape == (6, 2, 4, 4)
+    assert spatial.decode_logits(torch.randn(2, 2)).shape == (2, 1, 4, 4)
