@@ -456,6 +456,7 @@ def merge_runs(runs: list[dict], out: Path) -> None:
             r["decoder"] != "mlp",
             r["decoder"],
             -r.get("pixelcnn_layers", 0),
+            -r.get("pixelcnn_spatial", 0),
             r.get("posterior_scale", 0.0),
             not r["model"].startswith("vae"),
             r["model"],
