@@ -22,6 +22,7 @@ ORDER = [
     "few_shot",
     "ns_context",
     "acn",
+    "acn_collapse",
     "acn_speed",
     "text_ptb",
     "ss_text",
