@@ -244,10 +244,12 @@ class PixelCNN(nn.Module):
 
     @property
     def elements_per_image(self) -> int:
-        """About the most elements one image's pass holds at once (a few ``2C x H x W`` maps):
-        what the importance-sampling evaluator sizes its chunks with."""
+        """About the most elements one image's pass holds at once (a few ``2C x H x W`` maps,
+        and with the spatial code its ``S`` maps and a layer's ``4C x H x W`` biases): what the
+        importance-sampling evaluator sizes its chunks with."""
         channels = self.layers[0].horizontal_out.in_channels
-        return 8 * channels * self.input_shape[-2] * self.input_shape[-1]
+        maps = 8 * channels + (4 * channels + self.spatial_channels if self.spatial else 0)
+        return maps * self.input_shape[-2] * self.input_shape[-1]
 
     @property
     def reach(self) -> int:

@@ -130,6 +130,8 @@ def test_the_spatial_code_conditions_each_pixel_differently():
         assert bias_v.std((-2, -1)).min() > 1e-3  # not constant over the pixels
     other = net.spatial_code(z.flip(0))
     assert not torch.allclose(maps, other)
+    # the evaluator's chunk sizing counts the maps and the per-pixel biases
+    assert net.elements_per_image == plain.elements_per_image + (4 * 16 + 2) * 25
     with pytest.raises(ValueError, match="spatial_channels"):
         PixelCNN(3, (1, 5, 5), spatial_channels=-1)
 
