@@ -60,7 +60,7 @@ from pvae.models.image import ImageConfig, ImageModel, StandardNormalPrior
 from pvae.models.likelihoods import Likelihood
 from pvae.models.registry import register_model
 from pvae.nets import ConvDecoder, ConvEncoder, GaussianMLP, mlp, numel
-from pvae.nets.pixelcnn import PixelCNN, check_pixelcnn_options
+from pvae.nets.pixelcnn import check_pixelcnn_options, pixelcnn_from_config
 
 __all__ = ["VAE", "VAEConfig", "ImageModel", "StandardNormalPrior"]
 
@@ -136,14 +136,7 @@ class VAE(StandardNormalPrior):
         if self.architecture == "mlp":
             self.decoder = mlp([self.latent_dim, *reversed(hidden), pixels], config.activation)
         if self.architecture == "pixelcnn":
-            self.decoder = PixelCNN(
-                self.latent_dim,
-                self.input_shape,
-                config.pixelcnn_layers,
-                config.pixelcnn_channels,
-                spatial_channels=config.pixelcnn_spatial,
-                spatial_hidden=hidden[0] if hidden else None,
-            )
+            self.decoder = pixelcnn_from_config(config, self.latent_dim, self.input_shape)
         if self.architecture == "conv":
             self.encoder = ConvEncoder(self.latent_dim)
             self.decoder = ConvDecoder(self.latent_dim)

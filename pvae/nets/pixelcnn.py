@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GatedLayer", "PixelCNN", "check_pixelcnn_options", "unit_rms"]
+__all__ = ["GatedLayer", "PixelCNN", "check_pixelcnn_options", "pixelcnn_from_config", "unit_rms"]
 
 
 class GatedLayer(nn.Module):
@@ -301,6 +301,21 @@ class PixelCNN(nn.Module):
                 u = torch.rand(probability.shape, generator=generator, dtype=z.dtype)
                 x[:, :, r, c] = (u.to(z.device) < probability).to(z.dtype)
         return x.reshape(*batch, *self.input_shape)
+
+
+def pixelcnn_from_config(config: Any, latent_dim: int, input_shape: tuple[int, ...]) -> PixelCNN:
+    """The pixelcnn decoder of an image model's config (``pixelcnn_layers``,
+    ``pixelcnn_channels``, ``pixelcnn_spatial``; the spatial code's MLP through ``hidden[0]``,
+    the mirrored MLP decoder's last hidden size)."""
+    hidden = list(config.hidden)
+    return PixelCNN(
+        latent_dim,
+        input_shape,
+        config.pixelcnn_layers,
+        config.pixelcnn_channels,
+        spatial_channels=config.pixelcnn_spatial,
+        spatial_hidden=hidden[0] if hidden else None,
+    )
 
 
 def check_pixelcnn_options(config: Any) -> None:
