@@ -389,7 +389,7 @@ class ACN(StandardNormalPrior):
     ``prior_activation`` and ``prior_skips`` (the paper's: ``512,512,512``, ``tanh``,
     skips), ``search_chunk``, ``search``
     (``exact`` or ``faiss``), the decoder ``architecture`` (``mlp`` or ``pixelcnn``, with
-    ``pixelcnn_layers`` and ``pixelcnn_channels``) and ``posterior_scale`` (0: learned
+    ``pixelcnn_layers``, ``pixelcnn_channels`` and ``pixelcnn_spatial``) and ``posterior_scale`` (0: learned
     scales; ``s > 0``: ``q(z | x) = Normal(mu(x), s^2 I)``).
 
     Buffers: ``memory`` ``(N, D)`` (empty until :meth:`training_setup`), ``memory_labels``

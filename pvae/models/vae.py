@@ -112,8 +112,8 @@ class VAE(StandardNormalPrior):
 
     Options (:class:`VAEConfig`): those of every image model (``input_shape``,
     ``latent_dim`` D, ``hidden`` (the decoder mirrors them), ``activation``, ``likelihood``),
-    ``architecture`` (``mlp``, ``conv`` or ``pixelcnn``, with ``pixelcnn_layers`` and
-    ``pixelcnn_channels``), ``beta`` (the KL weight [3]) and ``free_bits``
+    ``architecture`` (``mlp``, ``conv`` or ``pixelcnn``, with ``pixelcnn_layers``,
+    ``pixelcnn_channels`` and ``pixelcnn_spatial``), ``beta`` (the KL weight [3]) and ``free_bits``
     (lambda, the per-dimension KL floor in nats [4]).
 
     Shapes: ``model(x)`` and ``guide(x)`` take ``x`` of shape ``(B, *input_shape)``; the
