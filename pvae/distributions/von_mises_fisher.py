@@ -237,11 +237,15 @@ def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int, gamma_proposals: bool 
     accepted one: an element's proposals are i.i.d. and independent of how many are drawn
     per round (which depends only on earlier rounds' outcomes), so this is the law of
     proposing one at a time. Raises after ``_MAX_REJECTION_ROUNDS`` rounds instead of
-    returning unaccepted proposals.
+    returning unaccepted proposals. On CPU with numba, ``_sample_one_minus_w_compiled``:
+    the same proposals and acceptance tests, one element at a time in a compiled loop.
     """
+    threshold = _gamma_proposal_threshold(d) if gamma_proposals else math.inf
+    kernels = _kernels() if kappa.device.type == "cpu" else None
+    if kernels is not None:
+        return _sample_one_minus_w_compiled(kernels, kappa, d, threshold)
     xp = _namespace(kappa)
     kappa_column = _as(_float64(kappa).reshape(-1, 1), xp)
-    threshold = _gamma_proposal_threshold(d) if gamma_proposals else math.inf
     if threshold < math.inf:
         tight = kappa_column[:, 0] > threshold
         if bool(tight.all()):
@@ -252,6 +256,42 @@ def _sample_one_minus_w_wood(kappa: torch.Tensor, d: int, gamma_proposals: bool 
             y[rows] = _rejection_sample(kappa_column[rows], d, _gamma_propose)
             return _tensor(y).reshape(kappa.shape)
     return _tensor(_rejection_sample(kappa_column, d, _wood_propose)).reshape(kappa.shape)
+
+
+@functools.cache
+def _kernels():
+    """The compiled CPU kernels (``pvae.distributions._vmf_kernels``), imported on first use;
+    None without numba (the array code then runs on CPU too)."""
+    try:
+        from pvae.distributions import _vmf_kernels
+    except ImportError:
+        return None
+    return _vmf_kernels
+
+
+def _numpy_generator() -> np.random.Generator:
+    """A numpy Generator (SFC64) seeded by one draw from torch's default generator, so that
+    ``torch.manual_seed`` fixes what it draws as it fixes torch's own draws."""
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    return np.random.Generator(np.random.SFC64(seed))
+
+
+def _sample_one_minus_w_compiled(kernels, kappa: torch.Tensor, d: int, threshold: float):
+    """``_sample_one_minus_w_wood`` by ``kernels.sample_one_minus_w``: per element, Wood's
+    proposals (gamma proposals above ``threshold``) until one is accepted, in a compiled
+    loop, from ``_numpy_generator()``; float64, kappa's shape."""
+    kappa64 = np.ascontiguousarray(_as(_float64(kappa), np).reshape(-1))
+    y = np.empty_like(kappa64)
+    failed = kernels.sample_one_minus_w(
+        kappa64, d, threshold, 16 * _MAX_REJECTION_ROUNDS, _numpy_generator(), y
+    )
+    if failed:
+        raise RuntimeError(
+            f"VonMisesFisher.rsample: {failed} elements still rejected after "
+            f"{16 * _MAX_REJECTION_ROUNDS} proposals of the rejection sampler; check the "
+            "concentration values."
+        )
+    return torch.from_numpy(y).reshape(kappa.shape)
 
 
 def _rejection_sample(kappa_column, d: int, propose, rows=None):
@@ -659,6 +699,62 @@ class _ReflectFromE1(torch.autograd.Function):
         return grad_y, None, grad_loc, grad_kappa, None
 
 
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
+def _compiled_reflection(loc: torch.Tensor, gaussian_dtype: torch.dtype):
+    """The compiled kernels if the reflection of ``loc`` and Gaussians of ``gaussian_dtype``
+    takes them (CPU, float32 or float64, numba present), else None."""
+    if loc.device.type != "cpu" or loc.dtype not in _COMPILED_DTYPES:
+        return None
+    if gaussian_dtype not in _COMPILED_DTYPES:
+        return None
+    return _kernels()
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """``t`` as an (n, last) numpy array (a view where torch can reshape without copying)."""
+    return t.detach().reshape(-1, t.shape[-1]).numpy()
+
+
+def _reflect_compiled(kernels, y, gaussian, loc, loc_sq=None):
+    """(x, per-sample scalars, h) of ``_SampleAndDistance``'s forward by the compiled
+    ``reflect_forward``: x in loc's dtype and shape, h float64 in the batch shape."""
+    loc_rows = _rows(loc)
+    y = np.ascontiguousarray(_as(_float64(y), np).reshape(-1)) if isinstance(y, torch.Tensor) else y
+    x = torch.empty(loc.shape, dtype=loc.dtype)
+    scalars = np.empty((loc_rows.shape[0], kernels.SCALARS))
+    h = np.empty(loc_rows.shape[0])
+    known = _EMPTY if loc_sq is None else np.ascontiguousarray(loc_sq, dtype=np.float64).reshape(-1)
+    kernels.reflect_forward(y.reshape(-1), _rows(gaussian), loc_rows, known, _rows(x), scalars, h)
+    return x, scalars, torch.from_numpy(h).reshape(loc.shape[:-1])
+
+
+_EMPTY = np.empty(0)
+
+
+def _reflect_backward_compiled(kernels, scalars, gaussian, loc, x, grad, grad_h, need_loc):
+    """(dL/dy as a flat float64 array, dL/dloc or None) of ``_SampleAndDistance`` by the
+    compiled ``reflect_backward``."""
+    n = scalars.shape[0]
+    grad_rows = np.empty((n, 0), dtype=x.numpy().dtype) if grad is None else _rows(grad)
+    grad_h = _EMPTY if grad_h is None else _as(_float64(grad_h), np).reshape(-1)
+    grad_y = np.empty(n)
+    grad_loc = torch.empty(loc.shape, dtype=loc.dtype) if need_loc else None
+    kernels.reflect_backward(
+        scalars,
+        _rows(gaussian),
+        _rows(loc),
+        _rows(x),
+        grad_rows,
+        grad_h,
+        need_loc,
+        grad_y,
+        _rows(grad_loc) if need_loc else _rows(x),
+    )
+    return grad_y, grad_loc
+
+
 class _SampleAndDistance(torch.autograd.Function):
     """``rsample``'s Function: ``(x, h)`` with x as in ``_ReflectFromE1`` (from a float64
     ``y``, a sample that carries no graph) and ``h = |x - loc|^2 / 2`` in float64, which
@@ -672,6 +768,13 @@ class _SampleAndDistance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, gaussian, loc, kappa, dy_dkappa, loc_sq=None):
         ctx.set_materialize_grads(False)
+        ctx.compiled = _compiled_reflection(loc, gaussian.dtype)
+        if ctx.compiled is not None:
+            x, scalars, h = _reflect_compiled(ctx.compiled, y, gaussian, loc, loc_sq)
+            ctx.scalars = scalars
+            ctx.dy_dkappa = None if dy_dkappa is None else _as(dy_dkappa, np).reshape(-1)
+            ctx.save_for_backward(gaussian, loc, x)
+            return x, h
         xp = _namespace(y)
         y = _as(y, xp)
         x, s = _reflect(y, gaussian, loc, loc_sq)
@@ -687,6 +790,15 @@ class _SampleAndDistance(torch.autograd.Function):
         s = ctx.scalars
         if grad is None and grad_h is None:
             return None, None, None, None, None, None
+        if ctx.compiled is not None:
+            grad_y, grad_loc = _reflect_backward_compiled(
+                ctx.compiled, s, gaussian, loc, x, grad, grad_h, ctx.needs_input_grad[2]
+            )
+            grad_kappa = None
+            if ctx.needs_input_grad[3]:
+                grad_kappa = torch.from_numpy(grad_y * ctx.dy_dkappa)
+                grad_kappa = _cast(grad_kappa, loc.dtype).reshape(loc.shape[:-1])
+            return None, None, grad_loc, grad_kappa, None, None
         grad_h = None if grad_h is None else _as(grad_h, s.xp)
         grad_y, grad_loc = _reflect_backward(
             s, gaussian, loc, x, grad, grad_h, need_loc=ctx.needs_input_grad[2]
@@ -893,7 +1005,10 @@ class VonMisesFisher(SphericalLocConcentration):
             gaussian = _tangent_gaussians(shape[:-1], d, self.loc.dtype, self.loc.device)
             return _ReflectFromE1.apply(y.to(self.loc.dtype), gaussian, loc, None, None)
         y = _sample_one_minus_w_wood(kappa, d)
-        gaussian = _tangent_gaussians(shape[:-1], d, self.loc.dtype, self.loc.device)
+        # the compiled reflection reads the float32 Gaussians as they are
+        compiled = _compiled_reflection(self.loc, torch.float32)
+        gaussian_dtype = torch.float32 if compiled is not None else self.loc.dtype
+        gaussian = _tangent_gaussians(shape[:-1], d, gaussian_dtype, self.loc.device)
         dy_dkappa = None
         if torch.is_grad_enabled() and kappa.requires_grad:
             one_minus_mean = _expand(self._normalizer_terms()[1], shape[:-1])

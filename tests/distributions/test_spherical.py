@@ -419,19 +419,26 @@ def test_batched_wood_sampler_moments(d, kappa):
     assert ((w * w).mean() - second).abs() <= Z * (w * w).std() / 200
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "arrays"])
 @pytest.mark.parametrize("d", [2, 5, 64])
-def test_sample_and_distance_matches_reflection_and_its_gradient(d):
+def test_sample_and_distance_matches_reflection_and_its_gradient(d, compiled, monkeypatch):
     """``_SampleAndDistance`` (x and h = |x - loc|^2 / 2 from the forward's scalars, both
-    gradients in one backward) against ``_ReflectFromE1`` and the direct h, including
-    non-unit loc and loc_1 < 0; gradcheck in loc through x and h together."""
+    gradients in one backward; compiled kernels or array code) against ``_ReflectFromE1``
+    and the direct h, including non-unit loc and loc_1 < 0; gradcheck in loc through x and
+    h together."""
+    if not compiled:
+        monkeypatch.setattr(vmf_module, "_kernels", lambda: None)
+    else:  # numba is a dependency: CPU float32/float64 draws take the kernels
+        assert vmf_module._kernels() is not None
     generator = torch.Generator().manual_seed(d)
     loc = torch.randn(9, d, generator=generator, dtype=torch.float64)
     loc[0] = -loc[0]
     y = 0.05 + 1.9 * torch.rand(9, generator=generator, dtype=torch.float64)
     gaussian = torch.randn(9, d - 1, generator=generator, dtype=torch.float64)
     x, h = vmf_module._SampleAndDistance.apply(y, gaussian, loc, None, None)
+    # same formulas; the compiled kernel sums its dot products in another order (rounding)
     torch.testing.assert_close(
-        x, vmf_module._ReflectFromE1.apply(y, gaussian, loc, None, None), rtol=0, atol=0
+        x, vmf_module._ReflectFromE1.apply(y, gaussian, loc, None, None), rtol=1e-14, atol=1e-14
     )
     torch.testing.assert_close(h, 0.5 * ((x - loc) ** 2).sum(-1), rtol=1e-13, atol=1e-14)
     a = torch.linspace(-1, 2, d, dtype=torch.float64)
