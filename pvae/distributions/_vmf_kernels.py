@@ -209,3 +209,75 @@ def normalizer_terms_debye(kappa, order, d, coefs, log_norm, one_minus_mean):
         ratio = math.exp(dg + math.log(sum1) - log_sum0)
         log_norm[i] = v * math.log(x) - log_2pi_term - (log_iv - x)
         one_minus_mean[i] = 1.0 - ratio
+
+
+@_jit
+def implicit_exponents(y, kappa, one_minus_tau2, log_base, grid):
+    """First half of ``von_mises_fisher._implicit_dw_dkappa`` on the (n, nodes) ``grid``:
+    ``kappa sign delta (1 - tau_j^2) + log(weight_j tau_j^(d-2))``, with ``delta = y`` and
+    ``sign = 1`` (or ``2 - y`` and -1 for ``y > 1``); numpy then exponentiates the grid."""
+    n, nodes = grid.shape
+    for i in range(n):
+        y_i = y[i]
+        slope = kappa[i] * (y_i if y_i <= 1.0 else y_i - 2.0)  # kappa sign delta
+        for j in range(nodes):
+            grid[i, j] = slope * one_minus_tau2[j] + log_base[j]
+
+
+@_jit
+def implicit_sums(
+    y, kappa, one_minus_mean, one_minus_tau2, d, grid, tail_decay, tail_sds2, dw_dkappa, tail
+):
+    """Second half: with ``grid`` holding ``exp(kappa sign delta (1 - tau^2)) weight
+    tau^(d-2)``, the factor ``(1 + r (1 - tau^2))^m`` (``r = delta / (2 - delta)``,
+    ``m = (d - 3) / 2``) by repeated squaring (no log1p/exp per node), the two node sums and
+    ``dw/dkappa``; ``tail[i]`` marks the draws of ``_lower_tail_draws`` (their value is
+    replaced by the caller; ``tail_decay`` and ``tail_sds2``: ``_TAIL_MIN_DECAY`` and
+    ``_TAIL_MIN_SLOPE_SDS^2``)."""
+    n, nodes = grid.shape
+    power = d - 3  # (1 + r t)^(power / 2)
+    whole = abs(power) // 2
+    half = abs(power) % 2 == 1
+    base = np.empty(nodes)
+    factor = np.empty(nodes)
+    tail_bound = tail_sds2 * (d - 3)
+    for i in range(n):
+        y_i = y[i]
+        bottom = y_i > 1.0
+        delta = 2.0 - y_i if bottom else y_i
+        sign = -1.0 if bottom else 1.0
+        ratio = delta / (2.0 - delta)
+        for j in range(nodes):
+            base[j] = 1.0 + ratio * one_minus_tau2[j]
+        if half:
+            for j in range(nodes):
+                factor[j] = math.sqrt(base[j])
+        else:
+            for j in range(nodes):
+                factor[j] = 1.0
+        e = whole
+        while e > 0:
+            if e & 1:
+                for j in range(nodes):
+                    factor[j] *= base[j]
+            e >>= 1
+            if e > 0:
+                for j in range(nodes):
+                    base[j] *= base[j]
+        if power < 0:  # d = 2: m = -1/2
+            for j in range(nodes):
+                factor[j] = 1.0 / factor[j]
+        sum0 = 0.0
+        sum_tau2 = 0.0
+        for j in range(nodes):
+            e_j = grid[i, j] * factor[j]
+            sum0 += e_j
+            sum_tau2 += e_j * (1.0 - one_minus_tau2[j])
+        bottom_term = 2.0 if bottom else 0.0
+        integral = (one_minus_mean[i] - bottom_term) * sum0 - sign * delta * sum_tau2
+        dw_dkappa[i] = sign * 2.0 * delta * integral
+        # _lower_tail_draws (d > 3)
+        w = 1.0 - y_i
+        w2 = w * w
+        q = kappa[i] * (1.0 - w2) - (d - 3) * w
+        tail[i] = d > 3 and q >= tail_decay * y_i and q * q >= tail_bound * (1.0 + w2)
