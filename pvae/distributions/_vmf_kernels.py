@@ -88,10 +88,12 @@ def reflect_forward(y, gaussian, loc, loc_sq_known, x, scalars, half_sq_dist):
 @_jit
 def reflect_backward(scalars, gaussian, loc, x, grad, grad_h, need_loc, grad_y, grad_loc):
     """``von_mises_fisher._reflect_backward`` row by row: ``grad_y`` (dL/dy) and, if
-    ``need_loc``, ``grad_loc`` (dL/dloc, in its dtype). ``grad``: dL/dx, or an (n, 0) array
-    for none; ``grad_h``: dL/dh per row, or an empty array for none."""
+    ``need_loc``, ``grad_loc`` (dL/dloc, in its dtype). ``grad``: dL/dx, an (n, 1) array for
+    a dL/dx constant along each row (e.g. from ``x.sum()``), or an (n, 0) array for none;
+    ``grad_h``: dL/dh per row, or an empty array for none."""
     n, d = loc.shape
     have_grad = grad.shape[1] == d
+    row_grad = grad.shape[1] == 1
     have_h = grad_h.shape[0] == n
     for i in range(n):
         row = scalars[i]
@@ -107,6 +109,13 @@ def reflect_backward(scalars, gaussian, loc, x, grad, grad_h, need_loc, grad_y, 
                 value = np.float64(grad[i, j])
                 g_loc += value * np.float64(loc[i, j])
                 g_g += value * np.float64(gaussian[i, j - 1])
+        elif row_grad:
+            g_1 = np.float64(grad[i, 0])
+            for j in range(1, d):
+                g_loc += np.float64(loc[i, j])
+                g_g += np.float64(gaussian[i, j - 1])
+            g_loc = g_1 * (g_loc + loc_1)
+            g_g *= g_1
         g_h = 0.0
         if have_h:
             g_h = grad_h[i]
@@ -129,6 +138,10 @@ def reflect_backward(scalars, gaussian, loc, x, grad, grad_h, need_loc, grad_y, 
             if have_grad:
                 for j in range(d):
                     grad_loc[i, j] = coef_x * x[i, j] + coef_loc * loc[i, j] + alpha * grad[i, j]
+            elif row_grad:
+                constant = alpha * np.float64(grad[i, 0])
+                for j in range(d):
+                    grad_loc[i, j] = coef_x * x[i, j] + coef_loc * loc[i, j] + constant
             else:
                 for j in range(d):
                     grad_loc[i, j] = coef_x * x[i, j] + coef_loc * loc[i, j]
@@ -281,3 +294,17 @@ def implicit_sums(
         w2 = w * w
         q = kappa[i] * (1.0 - w2) - (d - 3) * w
         tail[i] = d > 3 and q >= tail_decay * y_i and q * q >= tail_bound * (1.0 + w2)
+
+
+@_jit
+def debye_sums(coefs, t, sums):
+    """``sums[k, i] = sum_m coefs[k, m] t[k, i]^m`` by Horner's rule (``bessel._monomial_sums``
+    without the (2, degree + 1, n) array of powers)."""
+    degree = coefs.shape[1] - 1
+    for k in range(t.shape[0]):
+        for i in range(t.shape[1]):
+            t_i = t[k, i]
+            total = coefs[k, degree]
+            for m in range(degree - 1, -1, -1):
+                total = total * t_i + coefs[k, m]
+            sums[k, i] = total

@@ -249,7 +249,7 @@ def _monomial_sums(coefs: np.ndarray, t: np.ndarray) -> np.ndarray:
     return (coefs[:, None, :] @ powers).reshape(t.shape)
 
 
-def _log_iv_and_ratio_static(order: float, x):
+def _log_iv_and_ratio_static(order: float, x, monomial_sums=None):
     """(log I_v(x), I_{v+1}(x) / I_v(x)) for one Python order ``v >= 10``: Debye's expansion at
     v and v + 1, each Debye sum one polynomial in ``t`` whose coefficients (cached per order)
     fold in the powers of ``1 / v``, evaluated for both orders at once. ``x``: a tensor, or
@@ -257,6 +257,8 @@ def _log_iv_and_ratio_static(order: float, x):
 
     The monomial sum loses at most eps * sum_m |a_m| (about 2e-16 for v >= 10, where the
     terms k >= 2 are below 1e-2) against the per-``k`` Horner form of ``_debye_sum``.
+    ``monomial_sums``: for numpy ``x``, a function ``(coefs, t, out)`` writing the two sums
+    into ``out`` (the vMF's compiled Horner rule), instead of ``_monomial_sums``.
     """
     xp = np if isinstance(x, np.ndarray) else torch
     v, v1 = order, order + 1.0
@@ -265,7 +267,13 @@ def _log_iv_and_ratio_static(order: float, x):
     r0 = xp.sqrt(x2 + v * v)
     r1 = xp.sqrt(x2 + v1 * v1)
     if xp is np:  # powers by doubling, then one matrix product: few numpy calls
-        log_sum0, log_sum1 = np.log(_monomial_sums(coefs, np.stack([v / r0, v1 / r1])))
+        t = np.stack([v / r0, v1 / r1])
+        if monomial_sums is None:
+            sums = _monomial_sums(coefs, t)
+        else:
+            sums = np.empty_like(t)
+            monomial_sums(coefs, t.reshape(2, -1), sums.reshape(2, -1))
+        log_sum0, log_sum1 = np.log(sums)
     else:  # powers by one cumprod, then one product-sum: fewer torch calls
         t = xp.stack([v / r0, v1 / r1], -1)  # (..., 2)
         powers = (t[..., None] * xp.ones_like(coefs[:, 1:])).cumprod(-1)

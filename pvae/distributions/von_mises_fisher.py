@@ -53,7 +53,9 @@ def _normalizer_terms(kappa: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.
     if nu >= _DEBYE_MIN_ORDER:
         xp = _namespace(kappa)
         k = _as(kappa, xp)
-        log_iv, ratio = _log_iv_and_ratio_static(nu, k)
+        kernels = _kernels() if xp is np else None
+        sums = None if kernels is None else kernels.debye_sums
+        log_iv, ratio = _log_iv_and_ratio_static(nu, k, sums)
         log_norm = nu * xp.log(k) - (d / 2) * math.log(2 * math.pi) - (log_iv - k)
         return _tensor(log_norm), _tensor(1 - ratio)
     with torch.no_grad():
@@ -769,7 +771,12 @@ def _reflect_backward_compiled(kernels, scalars, gaussian, loc, x, grad, grad_h,
     """(dL/dy as a flat float64 array, dL/dloc or None) of ``_SampleAndDistance`` by the
     compiled ``reflect_backward``."""
     n = scalars.shape[0]
-    grad_rows = np.empty((n, 0), dtype=x.numpy().dtype) if grad is None else _rows(grad)
+    if grad is None:
+        grad_rows = np.empty((n, 0), dtype=x.numpy().dtype)
+    elif grad.stride(-1) == 0:  # constant along rows (from x.sum(), say): one value per row
+        grad_rows = _rows(grad[..., :1])
+    else:
+        grad_rows = _rows(grad)
     grad_h = _EMPTY if grad_h is None else _as(_float64(grad_h), np).reshape(-1)
     grad_y = np.empty(n)
     grad_loc = torch.empty(loc.shape, dtype=loc.dtype) if need_loc else None
