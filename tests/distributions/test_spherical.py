@@ -9,6 +9,7 @@ import functools
 import math
 
 import mpmath
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -29,6 +30,27 @@ from pvae.distributions import (
 )
 
 Z = 5.0
+
+
+def _torch_namespace(monkeypatch):
+    """Force the torch code path of the per-sample scalar computations (the one CUDA takes):
+    torch arrays, no compiled kernels."""
+    monkeypatch.setattr(vmf_module, "_namespace", lambda t: torch)
+    monkeypatch.setattr(vmf_module, "_kernels", lambda: None)
+
+
+def _use_path(path: str, monkeypatch) -> None:
+    """CPU code paths of the vMF: "compiled" (numba kernels, the default), "numpy" (the array
+    code in numpy, as without numba) or "torch" (the array code in torch, as on CUDA)."""
+    if path == "torch":
+        _torch_namespace(monkeypatch)
+    elif path == "numpy":
+        monkeypatch.setattr(vmf_module, "_kernels", lambda: None)
+    else:
+        assert vmf_module._kernels() is not None  # numba is a dependency
+
+
+PATHS = ["compiled", "numpy", "torch"]
 SPHERICAL = [VonMisesFisher, PowerSpherical]
 
 
@@ -172,7 +194,9 @@ def test_stability_grid(cls, dtype, d):
     ).all()
 
 
-def test_rejection_cap_raises(monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_rejection_cap_raises(path, monkeypatch):
+    _use_path(path, monkeypatch)
     monkeypatch.setattr(vmf_module, "_MAX_REJECTION_ROUNDS", 0)
     with pytest.raises(RuntimeError, match="still rejected"):
         VonMisesFisher(_unit(5), 2.0).sample((4,))
@@ -287,17 +311,11 @@ def _reference_dw_dkappa_and_scale(y, kappa, d, nodes=None):
     return sign * terms.sum(-1), terms.abs().sum(-1)
 
 
-def _torch_namespace(monkeypatch):
-    """Force the torch code path of the per-sample scalar computations (the one CUDA takes)."""
-    monkeypatch.setattr(vmf_module, "_namespace", lambda t: torch)
-
-
 @pytest.mark.parametrize("d", [5, 64, 512])
 @pytest.mark.parametrize("kappa", [0.3, 4.0, 100.0, 1e4])
-@pytest.mark.parametrize("namespace", ["numpy", "torch"])
-def test_implicit_gradient_matches_per_node_quadrature(d, kappa, namespace, monkeypatch):
-    if namespace == "torch":
-        _torch_namespace(monkeypatch)
+@pytest.mark.parametrize("path", PATHS)
+def test_implicit_gradient_matches_per_node_quadrature(d, kappa, path, monkeypatch):
+    _use_path(path, monkeypatch)
     torch.manual_seed(0)
     kappas = torch.full((500,), kappa, dtype=torch.float64)
     y = vmf_module._sample_one_minus_w_wood(kappas, d)
@@ -308,6 +326,33 @@ def test_implicit_gradient_matches_per_node_quadrature(d, kappa, namespace, monk
     # of the scale over 30 seeds; a plain rtol of 1e-12 failed 9 of 20 seeds at d = 512,
     # kappa = 100 before issue 23's changes as well).
     assert ((fast - reference).abs() <= 1e-12 * scale).all()
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 5, 64, 512, 2048])
+@pytest.mark.parametrize("kappa", [0.3, 100.0, 1e4, 1e6])
+def test_compiled_implicit_gradient_matches_the_array_code(d, kappa, monkeypatch):
+    """dw/dkappa by the compiled kernels (the factor ``(1 + r t)^m`` by repeated squaring,
+    one exp per node) against the numpy array code (a log1p and an exp per node) on the same
+    draws, lower-tail draws included, and at kappa <= 100 both sides of the sphere (50 draws
+    of y uniform on (0, 2); at larger kappa such draws overflow either code's exp, outside
+    the range the tail tests validate): within 1e-12 of the terms' absolute sum, as the
+    per-node test above (the factor's relative rounding grows like m eps: 2e-13 at
+    d = 2048)."""
+    kappas = torch.full((400,), kappa, dtype=torch.float64)
+    torch.manual_seed(1)
+    y = vmf_module._sample_one_minus_w_wood(kappas, d)
+    if kappa <= 100:
+        y[:50] = 2 * torch.rand(50, dtype=torch.float64)
+    compiled = vmf_module._implicit_dw_dkappa(y, kappas, d)
+    _use_path("numpy", monkeypatch)
+    reference = vmf_module._implicit_dw_dkappa(y, kappas, d)
+    _, scale = _reference_dw_dkappa_and_scale(y, kappas, d, vmf_module._quadrature_nodes(d))
+    tail = vmf_module._lower_tail_draws(y.numpy(), kappas.numpy(), d, np) if d > 3 else False
+    scale = torch.where(torch.as_tensor(tail), reference.abs(), scale)
+    assert torch.isfinite(reference).all() and torch.isfinite(compiled).all()
+    assert ((compiled - reference).abs() <= 1e-12 * scale).all(), (
+        (compiled - reference).abs() / scale
+    ).max()
 
 
 @pytest.mark.parametrize("d", [2, 5, 64])
@@ -357,22 +402,35 @@ def test_log_prob_concentration_gradient_matches_bessel_autograd(d):
 
 
 @pytest.mark.parametrize("d", [3, 10, 64, 512])
-def test_numpy_and_torch_paths_agree_on_the_same_draws(d, monkeypatch):
-    """CPU tensors run the per-sample scalars in numpy, CUDA ones in torch; both take their
-    random numbers from torch, so with one seed they give the same samples and gradients."""
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_compiled_and_array_paths_agree_on_the_same_draws(d, path, monkeypatch):
+    """CPU tensors run the compiled kernels (numba), CUDA ones the array code in torch, and
+    without numba the array code runs in numpy. Given the same draws of y = 1 - w (here all
+    from the numpy array sampler: the compiled sampler draws from a numpy Generator seeded
+    by torch, the array one from torch directly) and one seed for the tangent Gaussians,
+    they give the same samples, log densities and gradients."""
     loc = _unit(d).expand(64, d).clone().requires_grad_()
     kappa = torch.logspace(-2, 5, 64, dtype=torch.float64).requires_grad_()
+    array_sampler = vmf_module._sample_one_minus_w_wood
+
+    def sample_without_kernels(kappa, d, gamma_proposals=True):
+        with monkeypatch.context() as patch:
+            patch.setattr(vmf_module, "_kernels", lambda: None)
+            patch.setattr(vmf_module, "_namespace", lambda t: np)
+            return array_sampler(kappa, d, gamma_proposals)
+
+    monkeypatch.setattr(vmf_module, "_sample_one_minus_w_wood", sample_without_kernels)
 
     def run():
         torch.manual_seed(3)
         q = VonMisesFisher(loc, kappa)
         x = q.rsample((4,))
         loss = (x * torch.arange(d, dtype=torch.float64)).sum() + q.log_prob(x).sum()
-        return (x, *torch.autograd.grad(loss, [loc, kappa]))
+        return (x, q.log_prob(x), *torch.autograd.grad(loss, [loc, kappa]))
 
-    fast = run()
-    _torch_namespace(monkeypatch)
-    for ours, reference in zip(fast, run(), strict=True):
+    compiled = run()
+    _use_path(path, monkeypatch)
+    for ours, reference in zip(compiled, run(), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-11, atol=1e-11)
 
 
@@ -407,10 +465,13 @@ def test_float32_path_matches_float64_on_the_same_draws(d):
 @pytest.mark.statistical
 @pytest.mark.parametrize("d", [64, 512])
 @pytest.mark.parametrize("kappa", [1.0, 100.0, 1e4])
-def test_batched_wood_sampler_moments(d, kappa):
-    """Several proposals per element and round (first accepted kept): E[w] = A_d(kappa) and
-    E[w^2] = 1 - (d - 1) A / kappa, where the rejection step matters most (acceptance 0.71
-    at kappa = 1e4)."""
+@pytest.mark.parametrize("path", PATHS)
+def test_batched_wood_sampler_moments(d, kappa, path, monkeypatch):
+    """E[w] = A_d(kappa) and E[w^2] = 1 - (d - 1) A / kappa, where the rejection step matters
+    most (acceptance 0.71 at kappa = 1e4), on each path: the compiled loop (one proposal at a
+    time) and the array code (several proposals per element and round, first accepted
+    kept)."""
+    _use_path(path, monkeypatch)
     kappas = torch.full((40_000,), kappa, dtype=torch.float64)
     w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
     a = bessel_iv_ratio(d / 2 - 1, torch.tensor(kappa, dtype=torch.float64))
@@ -579,7 +640,8 @@ def test_rsample_backward_with_an_expanded_gradient(d):
 def test_wood_sampler_moments_over_many_rounds(monkeypatch):
     """Rounds after the second (16 proposals per pending element) keep the law: with a
     pending target of 1e3 the second round draws only 2 proposals each, so most pending
-    elements reach later rounds."""
+    elements reach later rounds. (The array code's rounds: numpy, as without numba.)"""
+    _use_path("numpy", monkeypatch)
     monkeypatch.setattr(vmf_module, "_PENDING_TARGET", 1e3)
     d, kappa = 64, 1e4
     kappas = torch.full((40_000,), kappa, dtype=torch.float64)
@@ -592,11 +654,13 @@ def test_wood_sampler_moments_over_many_rounds(monkeypatch):
 
 @pytest.mark.statistical
 @pytest.mark.parametrize(("d", "kappa"), [(4, 2.0), (10, 40.0), (64, 2500.0), (64, 1e4)])
-def test_gamma_proposal_sampler_matches_wood_and_exact_moments(d, kappa):
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_gamma_proposal_sampler_matches_wood_and_exact_moments(d, kappa, path, monkeypatch):
     """Above ``_gamma_proposal_threshold(d)`` (kappa 1.9 at d = 4, 39 at d = 10, 2,400 at
     d = 64; the rows sit at or near it, where its rejection step matters most) y = 1 - w
     comes from gamma proposals: E[w] = A_d(kappa), E[w^2] = 1 - (d - 1) A / kappa, and the
     law of Wood's sampler (two-sample Kolmogorov-Smirnov on 20,000 draws each)."""
+    _use_path(path, monkeypatch)
     assert kappa > vmf_module._gamma_proposal_threshold(d)
     kappas = torch.full((20_000,), kappa, dtype=torch.float64)
     w = 1 - vmf_module._sample_one_minus_w_wood(kappas, d)
@@ -696,15 +760,14 @@ def _tail_draws_and_mpmath_dw_dkappa(d, kappa):
 
 @pytest.mark.parametrize("d", [64, 512])
 @pytest.mark.parametrize("kappa", [100.0, 1e3, 1e4])
-@pytest.mark.parametrize("namespace", ["numpy", "torch"])
-def test_implicit_gradient_in_the_tails_against_mpmath(d, kappa, namespace, monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_implicit_gradient_in_the_tails_against_mpmath(d, kappa, path, monkeypatch):
     """dw/dkappa at draws 4-8 standard deviations either side of the mean, against mpmath,
     within 1e-12 relative (worst measured 8e-14, above the mean; 7e-15 below, where the
     lower-tail rule takes the draws). Before that rule the nearer-side quadrature, whose terms
     cancel below the mean, erred up to 1e-10 at 4 s.d., 3e-6 at 6 and 0.8 at 8 (all 12 cases
     failed). One batch of mixed routes, shape (1, n), and one 0-d call."""
-    if namespace == "torch":
-        _torch_namespace(monkeypatch)
+    _use_path(path, monkeypatch)
     draws, references = _tail_draws_and_mpmath_dw_dkappa(d, kappa)
     assert len(draws) >= 5
     y = 1 - torch.tensor([draws], dtype=torch.float64)
