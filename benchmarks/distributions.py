@@ -29,6 +29,7 @@ import pyro.distributions as dist
 import scipy.special
 import torch
 
+import pvae.distributions.von_mises_fisher as vmf_module
 from pvae.distributions import PowerSpherical, ReparameterizedMixture, VonMisesFisher
 from pvae.distributions.von_mises_fisher import wood_acceptance_rate
 
@@ -116,6 +117,22 @@ def _sphere_step(make, loc0, kappa0):
         (x.sum() + q.log_prob(x).sum()).backward()
 
     return step
+
+
+def _array_code_step(loc0, kappa0):
+    """pvae's vMF step with its compiled kernels switched off: the array code (numpy on CPU)
+    that runs without numba, the same-process baseline of the kernels."""
+    step = _sphere_step(VonMisesFisher, loc0, kappa0)
+
+    def array_step():
+        kernels = vmf_module._kernels
+        vmf_module._kernels = lambda: None
+        try:
+            step()
+        finally:
+            vmf_module._kernels = kernels
+
+    return array_step
 
 
 def _naive_step(loc0, kappa0, d, finite: list):
@@ -295,19 +312,20 @@ def main(args: argparse.Namespace) -> str:
     vmf_ratios = []  # (d, kappa, naive / pvae, pvae / PowerSpherical)
     rows = [
         "| d | kappa | pvae vMF (ms) | naive S-VAE-style (ms) | naive / pvae | PowerSpherical (ms) "
-        "| vMF / PowerSpherical | Wood acceptance |",
-        "|---|---|---|---|---|---|---|---|",
+        "| vMF / PowerSpherical | pvae without numba (ms) | without / with | Wood acceptance |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in args.dims if args.only != "mixture" else ():
         for kappa_value in (1.0, 100.0, 1e4):
             loc = torch.nn.functional.normalize(torch.randn(batch, d, dtype=torch.float64), dim=-1)
             kappa = torch.full((batch,), kappa_value, dtype=torch.float64)
             finite = []
-            ours, naive, power = _time(
+            ours, naive, power, arrays = _time(
                 [
                     _sphere_step(VonMisesFisher, loc, kappa),
                     _naive_step(loc, kappa, d, finite),
                     _sphere_step(PowerSpherical, loc, kappa),
+                    _array_code_step(loc, kappa),
                 ],
                 repeats,
             )
@@ -319,7 +337,8 @@ def main(args: argparse.Namespace) -> str:
             vmf_ratios.append((d, kappa_value, naive / ours, ours / power))
             rows.append(
                 f"| {d} | {kappa_value:g} | {ours:.2f} | {naive:.2f}{naive_note} | {naive / ours:.2f} | "
-                f"{power:.2f} | {ours / power:.2f} | {acceptance} |"
+                f"{power:.2f} | {ours / power:.2f} | {arrays:.2f} | {arrays / ours:.2f} | "
+                f"{acceptance} |"
             )
             print(rows[-1], flush=True)
 
@@ -371,21 +390,25 @@ def main(args: argparse.Namespace) -> str:
             "(loc, kappa) per sample, Pyro's argument validation on (its default). Naive: scipy "
             "`ive` on the host for the normalizer, a Python loop re-proposing the whole batch "
             "until all accepted, gradient through the accepted proposal (biased: no rejection "
-            "correction). pvae (issue 23): Wood's sampler with one proposal per element, then "
-            "as many per pending element as leave ~0.5 expected pending (1-3 host "
-            "synchronisations), its Beta proposals from one gamma and one normal draw "
-            "(Student's t construction); above kappa = 2.5 m (m + 1), m = (d - 3) / 2 (2,400 at "
-            "d = 64, 160,000 at d = 512), the same rounds with Gamma((d - 1)/2, kappa) "
-            "proposals for 1 - w accepted with probability (1 - (1 - w)/2)^m (acceptance 0.95 "
-            "at d = 64, kappa = 1e4, where Wood's is 0.71), one Bessel evaluation per distribution shared by `rsample` and "
-            "`log_prob`, unbiased implicit gradient for kappa (32-node Gauss-Legendre per "
-            "sample for d <= 64, 64 for d <= 512: one exp and one log1p over the (samples, nodes) "
-            "grid (in numpy on CPU) and one matrix product), the reflection with a hand-written "
-            "backward, `log_prob` of the sample `rsample` just returned read from rsample's "
-            "scalars with its x and loc gradients folded into rsample's backward (no pass "
-            "over x), parameter checks and per-sample scalar arithmetic in numpy on CPU "
-            "(row dot products by `np.vecdot`; the Debye polynomial by powers and one matrix product), tangent Gaussians drawn in float32 (see "
-            "VonMisesFisher's docstring); exact inverse CDF for d = 3. PowerSpherical: torch Beta and autograd (it shares the numpy parameter checks). Wood acceptance: "
+            "correction). pvae (issue 23): on CPU compiled kernels (numba, "
+            "`pvae/distributions/_vmf_kernels.py`) for Wood's sampler (per element, proposals "
+            "until one is accepted, from a numpy Generator seeded by torch's; its Beta "
+            "proposals from one gamma and one normal draw, Student's t construction; above "
+            "kappa = 2.5 m (m + 1), m = (d - 3) / 2 (2,400 at d = 64, 160,000 at d = 512), "
+            "Gamma((d - 1)/2, kappa) proposals for 1 - w accepted with probability "
+            "(1 - (1 - w)/2)^m: acceptance 0.95 at d = 64, kappa = 1e4, where Wood's is 0.71), "
+            "for the reflection and its hand-written backward (one pass over the (n, d) arrays "
+            "each way), for the Debye polynomial of the normalizer (Horner) and for the "
+            "implicit gradient for kappa (32-node Gauss-Legendre per sample for d <= 64, 64 for "
+            "d <= 512: grid exponents and node sums compiled, numpy's SIMD exp in between, the "
+            "factor (1 + r t)^m by repeated squaring); one Bessel evaluation per distribution "
+            "shared by `rsample` and `log_prob`, `log_prob` of the sample `rsample` just "
+            "returned read from rsample's scalars with its x and loc gradients folded into "
+            "rsample's backward (no pass over x), parameter checks in numpy, tangent Gaussians "
+            "drawn in float32 by torch (see VonMisesFisher's docstring); exact inverse CDF for "
+            "d = 3. pvae without numba: the same step with the kernels switched off (the array "
+            "code, numpy on CPU; what runs on CUDA in torch), in the same rounds. PowerSpherical: "
+            "torch Beta and autograd (it shares the numpy parameter checks). Wood acceptance: "
             "probability that one proposal of Wood's sampler is accepted (at d = 64, "
             'kappa = 1e4 pvae takes the gamma proposals instead). "(non-finite)": the naive log_prob or '
             "kappa gradient had inf/NaN (scipy's ive underflows for large orders).",

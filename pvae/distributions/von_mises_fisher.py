@@ -972,11 +972,16 @@ class VonMisesFisher(SphericalLocConcentration):
     ``log_prob``, ``mean``, ``entropy`` and the KL divergences to
     :class:`~pvae.distributions.HypersphericalUniform` and to another ``VonMisesFisher`` are
     exact (``log_bessel_iv`` / ``bessel_iv_ratio``). Internally the per-sample scalars
-    (sampler, quadrature, normalizer) run in float64 (numpy on CPU) and are cast back to the
-    parameters' dtype; the (n, d) work runs in that dtype, and the tangent direction comes
-    from float32 Gaussians (uniform up to a total variation of (d - 1) / 2 * 2^-24, see
+    (sampler, quadrature, normalizer) run in float64 and are cast back to the parameters'
+    dtype; the (n, d) work runs in that dtype, and the tangent direction comes from float32
+    Gaussians (uniform up to a total variation of (d - 1) / 2 * 2^-24, see
     ``_tangent_gaussians``). With float32 parameters samples match the float64 ones on the
-    same draws to 2e-6 (tests/distributions/test_spherical.py).
+    same draws to 2e-6 (tests/distributions/test_spherical.py). On CPU the sampler's loop,
+    the reflection and its backward, and most of the quadrature run as compiled kernels
+    (numba, ``pvae.distributions._vmf_kernels``; compiled on the first CPU draw of a new
+    install, a few seconds, then loaded from numba's cache), the rest in numpy; Wood's
+    proposals then come from a numpy Generator seeded by torch's, so ``torch.manual_seed``
+    fixes the draws. On CUDA everything runs in torch.
 
     ``log_prob`` of the very tensor that ``rsample`` (d != 3) last returned, unmodified (as
     in an ELBO), reads ``|x - mu|^2 / 2`` from the sampler's scalars and folds its x and mu
