@@ -70,19 +70,10 @@ def reflect_forward(y, gaussian, loc, loc_sq_known, x, scalars, half_sq_dist):
         for j in range(1, d):
             x[i, j] = alpha * loc[i, j] + tangent * gaussian[i, j - 1]
         half_sq_dist[i] = y_i + (loc_sq - 1.0) * (q - 2.0 * p) / (2.0 * q)
-        row = scalars[i]
-        row[SIGN] = sign
-        row[W] = w
-        row[SIN] = sin
-        row[ALPHA] = alpha
-        row[Q] = q
-        row[P] = p
-        row[LOC_V] = loc_v
-        row[LOC_G] = loc_g
-        row[LOC_SQ] = loc_sq
-        row[LOC_1] = loc_1
-        row[INV_NORM] = inv_norm
-        row[NORM2] = norm2
+        # in the order of the column indices SIGN .. NORM2
+        values = (sign, w, sin, alpha, q, p, loc_v, loc_g, loc_sq, loc_1, inv_norm, norm2)
+        for k in range(SCALARS):
+            scalars[i, k] = values[k]
 
 
 @_jit
