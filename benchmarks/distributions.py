@@ -382,9 +382,8 @@ def main(args: argparse.Namespace) -> str:
             f"Command: `{command}` (torch {torch.__version__}, 1 thread, CPU, float64). Times: "
             f"median over {repeats} interleaved rounds (one call of each method per round, "
             "after a warm-up) of the process CPU time, so the methods of a row are measured "
-            "under the same load; the 2-core machine is shared with other jobs (load average "
-            "up to ~15 during these runs), which inflates all milliseconds and adds about "
-            "+-20% between runs: compare the ratios.",
+            "under the same load; the 2-core machine may be shared with other jobs, which "
+            "inflates all milliseconds and adds about +-20% between runs: compare the ratios.",
             "",
             f"Time for `rsample` + `log_prob` + `backward` of a batch of {batch} samples, one "
             "(loc, kappa) per sample, Pyro's argument validation on (its default). Naive: scipy "
