@@ -143,3 +143,19 @@ def test_compiled_sampler_gives_a_clear_error_for_a_nan_concentration():
     )
     with pytest.raises(RuntimeError, match="still rejected"):
         q.rsample((2,))
+
+
+def test_without_numba_the_array_code_runs_with_a_warning(monkeypatch):
+    """Where the kernels cannot be imported (numba missing or unusable), ``_kernels`` warns
+    once and returns None, and the distribution still samples (by the array code)."""
+    import pvae.distributions as package
+
+    monkeypatch.delattr(package, "_vmf_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "pvae.distributions._vmf_kernels", None)
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernels are unavailable"):
+        assert vmf_module._kernels.__wrapped__() is None
+    monkeypatch.setattr(vmf_module, "_kernels", vmf_module._kernels.__wrapped__)
+    loc = torch.tensor([0.0, 0.6, 0.8, 0.0, 0.0])
+    with pytest.warns(RuntimeWarning):
+        x = VonMisesFisher(loc, 5.0).rsample((4,))
+    assert x.shape == (4, 5) and torch.allclose(x.norm(dim=-1), torch.ones(4))
