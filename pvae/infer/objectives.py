@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,28 @@ from pvae.infer.trace import (
 )
 
 
+class _RecentPairs(OrderedDict):
+    """What an objective caches per ``(model, guide)`` pair, for the ``maxsize`` pairs used
+    most recently: the keys are usually bound methods, which keep their module (and its
+    parameters) alive, so an objective reused across many models holds only a few."""
+
+    def __init__(self, maxsize: int = 8) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get(self, key, default=None):
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
 @dataclass
 class ObjectiveValue:
     loss: torch.Tensor  # differentiable surrogate, minimised
@@ -74,15 +97,15 @@ class Objective:
         self.num_particles = int(num_particles)
         self.beta = 1.0
         # Keyed on (model, guide): bound methods compare and hash by (__self__, __func__).
-        self._nesting: dict[tuple[Callable, Callable], int] = {}
+        self._nesting: _RecentPairs[int] = _RecentPairs()
 
     def max_plate_nesting(self, model: Callable, guide: Callable, args, kwargs) -> int:
         key = (model, guide)
-        if key not in self._nesting:
-            self._nesting[key] = probe_max_plate_nesting(
-                model, guide, args, kwargs, pyro_elbo=self.pyro_elbo
-            )
-        return self._nesting[key]
+        nesting = self._nesting.get(key)
+        if nesting is None:
+            nesting = probe_max_plate_nesting(model, guide, args, kwargs, pyro_elbo=self.pyro_elbo)
+            self._nesting[key] = nesting
+        return nesting
 
     def __call__(
         self, model, guide, *args, num_data: int | None = None, scale: float = 1.0, **kwargs
@@ -130,18 +153,19 @@ class ELBO(Objective):
     ) -> None:
         super().__init__(num_particles)
         self.analytic_kl = analytic_kl
-        self._kl_sites: dict[tuple[Callable, Callable], frozenset[str]] = {}
+        self._kl_sites: _RecentPairs[frozenset[str]] = _RecentPairs()
         # The fast path (see _ScoringPlan): only for the ELBO itself, whose
         # subclasses' penalties may read trace sites the lean tracer does not record.
         self.cache_structure = cache_structure and type(self)._penalty is ELBO._penalty
-        self._plans: dict[tuple[Callable, Callable], _ScoringPlan] = {}
+        self._plans: _RecentPairs[_ScoringPlan] = _RecentPairs()
         #: steps scored by the generic path and by a cached plan (the tests read them)
         self.path_counts = {"generic": 0, "planned": 0}
 
     def _eligible_kl_sites(self, model, guide, args, kwargs, guide_trace) -> frozenset[str]:
         key = (model, guide)
-        if key in self._kl_sites:
-            return self._kl_sites[key]
+        cached = self._kl_sites.get(key)
+        if cached is not None:
+            return cached
         eligible: set[str] = set()
         if self.analytic_kl:
             try:
@@ -346,7 +370,7 @@ class IWAE(Objective):
         # the checks, steps with the same structure are traced by one lean messenger per run
         # and skip the checks; any other structure takes the generic path again.
         self.cache_structure = cache_structure
-        self._structures: dict[tuple[Callable, Callable], tuple] = {}
+        self._structures: _RecentPairs[tuple] = _RecentPairs()
         #: steps traced by the generic path and by the lean one (the tests read them)
         self.path_counts = {"generic": 0, "planned": 0}
 

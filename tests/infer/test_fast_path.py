@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -126,6 +129,31 @@ def test_the_fallback_keeps_the_generic_checks():
     objective._plans[(vae.model, empty_guide)] = objective._plans[(vae.model, vae.guide)]
     with pytest.raises(ValueError, match="not sampled by the guide"):
         objective(vae.model, empty_guide, x, num_data=100)
+
+
+@pytest.mark.parametrize("name", ["elbo", "iwae"])
+def test_an_objective_reused_across_models_keeps_only_recent_pairs(name):
+    """The per-(model, guide) caches (plate nesting, analytic-KL sites, scoring plans, lean
+    structures) hold the 8 most recently used pairs: an objective used with many models (a
+    sweep) does not keep them all alive through their bound methods, and the pairs still in
+    use keep their plans."""
+    objective = OBJECTIVES[name](True)
+    x = _batches(0, count=1)[0]
+    first = VAE(latent_dim=2, hidden=(8,))
+    alive = weakref.ref(first)
+    objective(first.model, first.guide, x, num_data=100)
+    for _ in range(10):
+        vae = VAE(latent_dim=2, hidden=(8,))
+        objective(vae.model, vae.guide, x, num_data=100)
+        objective(vae.model, vae.guide, x, num_data=100)  # planned
+        caches = ("_nesting", "_plans", "_kl_sites", "_structures")
+        assert all(len(getattr(objective, c, ())) <= 8 for c in caches)
+    assert objective.path_counts == {"generic": 11, "planned": 10}
+    del first
+    gc.collect()
+    assert alive() is None
+    objective(vae.model, vae.guide, x, num_data=100)  # the last pair's plan is still there
+    assert objective.path_counts["planned"] == 11
 
 
 @pytest.mark.parametrize("shape,event_dims", [((5, 7, 1, 4, 4), 3), ((6, 9), 1)])
