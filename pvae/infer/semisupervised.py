@@ -19,7 +19,7 @@ from typing import Any
 import pyro
 import torch
 
-from pvae.data.semisupervised import MixedStep
+from pvae.data.semisupervised import MixedStep, SemiSupervisedData
 from pvae.infer.objectives import ObjectiveValue, PyroObjective, _minibatch_factor
 
 
@@ -115,3 +115,39 @@ def fit_semisupervised(model: Any, data: Any, **fit_kwargs: Any) -> Any:
     from pvae.infer.train import fit
 
     return fit(model.model, model.guide, data, objective=SemiSupervisedObjective(), **fit_kwargs)
+
+
+def semisupervised_training_setup(
+    model: Any,
+    train: Any,
+    valid: Any,
+    objective: SemiSupervisedObjective,
+    *,
+    num_labels: int,
+    seed: int,
+    labelled_schedule: str,
+) -> dict[str, Any]:
+    """``fit`` arguments of a semi-supervised model (M2, the semi-supervised text VAE):
+    ``num_labels`` labelled data (class balanced, drawn with ``seed``) among the unlabelled
+    rest of ``train`` (:class:`SemiSupervisedData` with ``schedule=labelled_schedule``) and
+    ``objective``. With a labelled ``valid`` set, every epoch records ``valid_bound`` (on its
+    data without labels) and ``valid_accuracy`` (``model.accuracy(valid)``), which picks the
+    best checkpoint and early stopping."""
+    from pvae.infer.callbacks import ValidMetrics
+
+    setup: dict[str, Any] = dict(
+        train_data=SemiSupervisedData(
+            train, num_labels, model.num_classes, seed=seed, schedule=labelled_schedule
+        ),
+        objective=objective,
+        valid_data=None,
+    )
+    if valid is not None:
+        setup["valid_data"] = valid.without_labels()
+
+        def valid_accuracy() -> dict[str, float]:
+            return {"valid_accuracy": model.accuracy(valid)}
+
+        setup["callbacks"] = [ValidMetrics(valid_accuracy)]
+        setup["monitor"] = "valid_accuracy"
+    return setup

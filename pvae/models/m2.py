@@ -187,26 +187,20 @@ class M2(StandardNormalPrior):
         test accuracy at the best validation accuracy). Pass ``valid=None`` for a run that sees
         no labels beyond its ``num_labels``.
         """
-        from pvae.data.semisupervised import SemiSupervisedData
-        from pvae.infer.callbacks import ValidMetrics
-        from pvae.infer.semisupervised import SemiSupervisedObjective
-
-        setup: dict[str, Any] = dict(
-            train_data=SemiSupervisedData(
-                train, num_labels, self.num_classes, seed=seed, schedule=labelled_schedule
-            ),
-            objective=SemiSupervisedObjective(),
-            valid_data=None,
+        from pvae.infer.semisupervised import (
+            SemiSupervisedObjective,
+            semisupervised_training_setup,
         )
-        if valid is not None:
-            setup["valid_data"] = valid.without_labels()
 
-            def valid_accuracy() -> dict[str, float]:
-                return {"valid_accuracy": self.accuracy(valid)}
-
-            setup["callbacks"] = [ValidMetrics(valid_accuracy)]
-            setup["monitor"] = "valid_accuracy"
-        return setup
+        return semisupervised_training_setup(
+            self,
+            train,
+            valid,
+            SemiSupervisedObjective(),
+            num_labels=num_labels,
+            seed=seed,
+            labelled_schedule=labelled_schedule,
+        )
 
     def metrics(self, test: Any) -> dict[str, float]:
         """``{"test_accuracy": ...}`` of q(y | x) on the labelled test set."""

@@ -391,26 +391,20 @@ class SSTextVAE(TextModel):
         set every epoch records ``valid_bound``
         (on its sentences without labels) and ``valid_accuracy``, which picks the best
         checkpoint, as :meth:`pvae.models.m2.M2.training_setup`."""
-        from pvae.data.semisupervised import SemiSupervisedData
-        from pvae.infer.callbacks import ValidMetrics
-        from pvae.infer.semisupervised import SemiSupervisedObjective
-
-        setup: dict[str, Any] = dict(
-            train_data=SemiSupervisedData(
-                train, num_labels, self.num_classes, seed=seed, schedule=labelled_schedule
-            ),
-            objective=SemiSupervisedObjective(self.objective()),
-            valid_data=None,
+        from pvae.infer.semisupervised import (
+            SemiSupervisedObjective,
+            semisupervised_training_setup,
         )
-        if valid is not None:
-            setup["valid_data"] = valid.without_labels()
 
-            def valid_accuracy() -> dict[str, float]:
-                return {"valid_accuracy": self.accuracy(valid)}
-
-            setup["callbacks"] = [ValidMetrics(valid_accuracy)]
-            setup["monitor"] = "valid_accuracy"
-        return setup
+        return semisupervised_training_setup(
+            self,
+            train,
+            valid,
+            SemiSupervisedObjective(self.objective()),
+            num_labels=num_labels,
+            seed=seed,
+            labelled_schedule=labelled_schedule,
+        )
 
     def metrics(self, test: Any) -> dict[str, float]:
         """``{"test_accuracy": ...}`` of q(y | x) on the labelled test set."""
