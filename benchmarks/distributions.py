@@ -96,15 +96,19 @@ def naive_vmf_rsample_log_prob(loc, kappa, d):
 def _time(fns, repeats: int) -> list[float]:
     """Median process CPU time (ms) of each fn() over ``repeats`` interleaved rounds (one call
     of each per round, after one warm-up call of each): robust to other jobs on the machine
-    (the process runs one thread), and the ratios compare calls made under the same load."""
+    (the process runs one thread), and the ratios compare calls made under the same load.
+    Round r starts with fn number r (mod their number), so that no method always runs right
+    after the same other one (caches and the allocator's state are left by the previous
+    call)."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, spent in zip(fns, times, strict=True):
+    for round_ in range(repeats):
+        for i in range(len(fns)):
+            j = (round_ + i) % len(fns)
             start = time.process_time()
-            fn()
-            spent.append(time.process_time() - start)
+            fns[j]()
+            times[j].append(time.process_time() - start)
     return [1e3 * statistics.median(spent) for spent in times]
 
 
