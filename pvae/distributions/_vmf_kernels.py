@@ -1,12 +1,14 @@
 """Compiled CPU kernels of :class:`~pvae.distributions.VonMisesFisher` (numba).
 
 Each kernel fuses, per sample, what the array code of ``von_mises_fisher.py`` does in many
-passes: the per-sample scalars of the sampler and of the normalizer (tens of small numpy
-calls, each costing more in dispatch than in arithmetic at batch 1,024) and the row passes of
-the reflection and its backward (one pass over the (n, d) arrays each way). Same formulas as
-the array code, which stays as the GPU path and as the fallback when numba is missing; the
-tests compare the two on the same inputs. The quadrature of the implicit gradient stays in
-numpy, whose SIMD ``exp``/``log1p`` beat scalar ones on its (n, nodes) grid.
+passes: Wood's rejection loop (tens of small numpy calls per round, each costing more in
+dispatch than in arithmetic at batch 1,024), the row passes of the reflection and its backward
+(one pass over the (n, d) arrays each way), the Debye polynomial of the normalizer, and the
+(samples, nodes) grid of the implicit gradient around one numpy ``exp``. Transcendental
+functions over many elements stay in numpy, whose SIMD versions are several times faster than
+the scalar ones a compiled loop calls (the normalizer's, the grid's exp). Same formulas as the
+array code, which stays as the GPU path and as the fallback without numba; the tests compare
+the two on the same inputs.
 
 Imported on the first CPU ``rsample`` / ``log_prob`` (``von_mises_fisher._kernels``), not with
 ``pvae``; compiled functions are cached on disk by numba (``cache=True``).
@@ -23,7 +25,6 @@ _FAST = {"reassoc", "contract"}
 _jit = numba.njit(cache=True, nogil=True, fastmath=_FAST)
 
 _TINY = float(np.finfo(np.float64).tiny)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 # Columns of the (n, 12) float64 array of per-sample scalars that the forward reflection
 # leaves for the backward (names as in ``von_mises_fisher._Reflection``).
@@ -178,41 +179,6 @@ def sample_one_minus_w(kappa, d, gamma_threshold, max_proposals, generator, y):
         if math.isnan(y[i]):
             failed += 1
     return failed
-
-
-@_jit
-def normalizer_terms_debye(kappa, order, d, coefs, log_norm, one_minus_mean):
-    """``(log C_d + kappa, 1 - A_d)`` per element for ``order = d/2 - 1 >= 10`` by Debye's
-    expansion at ``order`` and ``order + 1`` (``bessel._log_iv_and_ratio_static``), the
-    Debye sums by Horner's rule on the (2, degree + 1) monomial coefficients ``coefs``."""
-    v = order
-    v1 = order + 1.0
-    degree = coefs.shape[1] - 1
-    log_2pi_term = (d / 2.0) * math.log(2.0 * math.pi)
-    for i in range(kappa.shape[0]):
-        x = kappa[i]
-        x2 = x * x
-        r0 = math.sqrt(x2 + v * v)
-        r1 = math.sqrt(x2 + v1 * v1)
-        t0 = v / r0
-        t1 = v1 / r1
-        sum0 = coefs[0, degree]
-        sum1 = coefs[1, degree]
-        for m in range(degree - 1, -1, -1):
-            sum0 = sum0 * t0 + coefs[0, m]
-            sum1 = sum1 * t1 + coefs[1, m]
-        log_sum0 = math.log(sum0)
-        log_iv = r0 - v * math.asinh(v / x) - _HALF_LOG_2PI - 0.5 * math.log(r0) + log_sum0
-        dr = (2.0 * v + 1.0) / (r1 + r0)
-        dg = (
-            dr
-            - math.asinh(v1 / x)
-            - v * math.log1p((1.0 + dr) / (v + r0))
-            - 0.5 * math.log1p(dr / r0)
-        )
-        ratio = math.exp(dg + math.log(sum1) - log_sum0)
-        log_norm[i] = v * math.log(x) - log_2pi_term - (log_iv - x)
-        one_minus_mean[i] = 1.0 - ratio
 
 
 @_jit
