@@ -140,11 +140,12 @@ def reflect_backward(scalars, gaussian, loc, x, grad, grad_h, need_loc, grad_y, 
 
 
 @_jit
-def sample_one_minus_w(kappa, d, gamma_threshold, max_proposals, generator, y):
+def sample_one_minus_w(kappa, b, r, bound, d, gamma_threshold, max_proposals, generator, y):
     """Rejection sampling of ``y = 1 - w`` per element (``von_mises_fisher``'s
-    ``_wood_propose`` for ``kappa <= gamma_threshold``, ``_gamma_propose`` above), proposing
-    one at a time until accepted, from ``generator`` (a numpy Generator). Returns the number
-    of elements left unaccepted after ``max_proposals`` proposals (their y is NaN)."""
+    ``_wood_propose`` for ``kappa <= gamma_threshold``, with Wood's constants ``b``, ``r`` and
+    ``bound`` = K of ``_wood_constants``; ``_gamma_propose`` above), proposing one at a time
+    until accepted, from ``generator`` (a numpy Generator). Returns the number of elements
+    left unaccepted after ``max_proposals`` proposals (their y is NaN)."""
     m1 = d - 1.0
     shape = 0.5 * m1  # of the gamma draws
     half_m = 0.5 * (d - 3.0)
@@ -161,19 +162,16 @@ def sample_one_minus_w(kappa, d, gamma_threshold, max_proposals, generator, y):
                     y[i] = proposal
                     break
         else:
-            b = m1 / (2.0 * k + math.sqrt(4.0 * k * k + m1 * m1))
-            one_plus_b = 1.0 + b
-            bound = k * (2.0 * b / one_plus_b) - m1 * math.log1p((1.0 - b) / one_plus_b)
-            r = (1.0 - b) / (2.0 * b)
+            b_i, r_i, bound_i = b[i], r[i], bound[i]
             for _ in range(max_proposals):
                 v = 2.0 * generator.standard_gamma(shape)
                 z = generator.standard_normal()
                 u = generator.random()
                 s = math.sqrt(v + z * z)
                 rho = (s + z) ** 2 / v if z >= 0 else v / (s - z) ** 2
-                b_rho = b * rho
+                b_rho = b_i * rho
                 proposal = 2.0 * b_rho / (1.0 + b_rho)
-                if math.log(u) + k * proposal - m1 * math.log1p(r * proposal) <= bound:
+                if math.log(u) + k * proposal - m1 * math.log1p(r_i * proposal) <= bound_i:
                     y[i] = proposal
                     break
         if math.isnan(y[i]):
@@ -195,22 +193,17 @@ def implicit_exponents(y, kappa, one_minus_tau2, log_base, grid):
 
 
 @_jit
-def implicit_sums(
-    y, kappa, one_minus_mean, one_minus_tau2, d, grid, tail_decay, tail_sds2, dw_dkappa, tail
-):
+def implicit_sums(y, one_minus_mean, one_minus_tau2, d, grid, dw_dkappa):
     """Second half: with ``grid`` holding ``exp(kappa sign delta (1 - tau^2)) weight
     tau^(d-2)``, the factor ``(1 + r (1 - tau^2))^m`` (``r = delta / (2 - delta)``,
     ``m = (d - 3) / 2``) by repeated squaring (no log1p/exp per node), the two node sums and
-    ``dw/dkappa``; ``tail[i]`` marks the draws of ``_lower_tail_draws`` (their value is
-    replaced by the caller; ``tail_decay`` and ``tail_sds2``: ``_TAIL_MIN_DECAY`` and
-    ``_TAIL_MIN_SLOPE_SDS^2``)."""
+    ``dw/dkappa``."""
     n, nodes = grid.shape
     power = d - 3  # (1 + r t)^(power / 2)
     whole = abs(power) // 2
     half = abs(power) % 2 == 1
     base = np.empty(nodes)
     factor = np.empty(nodes)
-    tail_bound = tail_sds2 * (d - 3)
     for i in range(n):
         y_i = y[i]
         bottom = y_i > 1.0
@@ -246,11 +239,6 @@ def implicit_sums(
         bottom_term = 2.0 if bottom else 0.0
         integral = (one_minus_mean[i] - bottom_term) * sum0 - sign * delta * sum_tau2
         dw_dkappa[i] = sign * 2.0 * delta * integral
-        # _lower_tail_draws (d > 3)
-        w = 1.0 - y_i
-        w2 = w * w
-        q = kappa[i] * (1.0 - w2) - (d - 3) * w
-        tail[i] = d > 3 and q >= tail_decay * y_i and q * q >= tail_bound * (1.0 + w2)
 
 
 @_jit

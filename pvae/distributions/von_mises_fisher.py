@@ -292,9 +292,10 @@ def _sample_one_minus_w_compiled(kernels, kappa: torch.Tensor, d: int, threshold
     proposals (gamma proposals above ``threshold``) until one is accepted, in a compiled
     loop, from ``_numpy_generator()``; float64, kappa's shape."""
     kappa64 = np.ascontiguousarray(_as(_float64(kappa), np).reshape(-1))
+    _, b, r, bound = _wood_constants(kappa64, d)
     y = np.empty_like(kappa64)
     failed = kernels.sample_one_minus_w(
-        kappa64, d, threshold, 16 * _MAX_REJECTION_ROUNDS, _numpy_generator(), y
+        kappa64, b, r, bound, d, threshold, 16 * _MAX_REJECTION_ROUNDS, _numpy_generator(), y
     )
     if failed:
         raise RuntimeError(
@@ -463,8 +464,8 @@ def _implicit_dw_dkappa(
 def _implicit_dw_dkappa_compiled(kernels, y, kappa, d: int, one_minus_mean) -> torch.Tensor:
     """``_implicit_dw_dkappa`` on CPU with the compiled kernels: the exponents of the
     (samples, nodes) grid in one pass, numpy's SIMD exp, then per sample the factor
-    ``(1 + r (1 - tau^2))^m`` by repeated squaring (instead of a log1p per node), the node
-    sums and the lower-tail flags in one pass; the lower-tail draws as in the array code.
+    ``(1 + r (1 - tau^2))^m`` by repeated squaring (instead of a log1p per node) and the node
+    sums in one pass; the lower-tail draws as in the array code.
     Same values to rounding (tests/distributions/test_vmf_kernels.py)."""
     shape = y.shape
     y, kappa, one_minus_mean = (
@@ -476,11 +477,8 @@ def _implicit_dw_dkappa_compiled(kernels, y, kappa, d: int, one_minus_mean) -> t
     kernels.implicit_exponents(y, kappa, one_minus_tau2, log_base, grid)
     np.exp(grid, out=grid)
     dw_dkappa = np.empty_like(y)
-    tail = np.empty(y.shape, dtype=np.bool_)
-    kernels.implicit_sums(
-        y, kappa, one_minus_mean, one_minus_tau2, d, grid,
-        _TAIL_MIN_DECAY, _TAIL_MIN_SLOPE_SDS**2, dw_dkappa, tail,
-    )  # fmt: skip
+    kernels.implicit_sums(y, one_minus_mean, one_minus_tau2, d, grid, dw_dkappa)
+    tail = _lower_tail_draws(y, kappa, d, np) if d > 3 else np.zeros(y.shape, dtype=bool)
     if tail.any():
         rows = np.flatnonzero(tail)
         dw_dkappa[rows] = _implicit_dw_dkappa_lower_tail(
